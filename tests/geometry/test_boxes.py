@@ -170,3 +170,11 @@ def test_poly_to_obb_inverts_obb_to_poly_property(centre_angle, w, h):
     b = normalize_le90(b)
     back = poly_to_obb(obb_to_poly(b))
     np.testing.assert_allclose(obb_to_poly(back), obb_to_poly(b), atol=1e-6)
+
+
+def test_empty_batches_keep_their_shapes():
+    assert poly_area(np.zeros((0, 8))).shape == (0,)
+    assert poly_to_hbb(np.zeros((0, 8))).shape == (0, 4)
+    assert obb_to_poly(np.zeros((0, 5))).shape == (0, 8)
+    assert poly_to_obb(np.zeros((0, 8))).shape == (0, 5)
+    assert obb_to_hbb(torch.zeros(0, 5)).shape == (0, 4)

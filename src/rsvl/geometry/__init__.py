@@ -1,5 +1,7 @@
 """Boxes, rotated IoU/NMS and box <-> text codecs (see :mod:`rsvl.geometry.boxes` for conventions)."""
 
+# ruff: noqa: RUF022
+
 from rsvl.geometry.boxes import (
     HBoxes,
     OBoxes,
@@ -21,6 +23,7 @@ from rsvl.geometry.boxes import (
     xyxy_to_cxcywh,
     xyxy_to_xywh,
 )
+from rsvl.geometry.codecs import CODECS, BoxCodec, TextObject, get_codec
 from rsvl.geometry.horizontal import batched_nms, box_iou, nms
 from rsvl.geometry.rotated import (
     batched_rotated_nms,
@@ -30,6 +33,10 @@ from rsvl.geometry.rotated import (
 )
 
 __all__ = [
+    "CODECS",
+    "BoxCodec",
+    "TextObject",
+    "get_codec",
     "HBoxes",
     "OBoxes",
     "batched_nms",

@@ -257,7 +257,7 @@ def poly_to_hbb(p: Array) -> Array:
     if p.ndim == 0 or p.shape[-1] % 2 or p.shape[-1] < 2:
         raise GeometryError(f"polygon must have shape (..., 2K); got {tuple(p.shape)}")
     xp = _xp(p)
-    pts = p.reshape(*p.shape[:-1], -1, 2)
+    pts = p.reshape(*p.shape[:-1], p.shape[-1] // 2, 2)
     lo, hi = xp.amin(pts, -2), xp.amax(pts, -2)
     return xp.concatenate([lo, hi], -1)
 
@@ -271,7 +271,9 @@ def obb_to_hbb(b: Array) -> Array:
 def poly_area(p: Array) -> Array:
     """Signed shoelace area of polygons ``(..., 2K)``: positive when clockwise on screen."""
     p = _as_float(p)
-    pts = p.reshape(*p.shape[:-1], -1, 2)
+    if p.ndim == 0 or p.shape[-1] % 2 or p.shape[-1] < 6:
+        raise GeometryError(f"polygon must have shape (..., 2K) with K >= 3; got {tuple(p.shape)}")
+    pts = p.reshape(*p.shape[:-1], p.shape[-1] // 2, 2)
     x, y = pts[..., 0], pts[..., 1]
     if isinstance(p, torch.Tensor):
         xn, yn = torch.roll(x, -1, -1), torch.roll(y, -1, -1)

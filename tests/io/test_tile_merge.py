@@ -12,6 +12,7 @@ from torchvision.ops import box_iou as tv_box_iou
 
 from rsvl.errors import GeometryError, InputError
 from rsvl.geometry import obb_corners, rotated_iou
+from rsvl.geometry.greedy import greedy_groups
 from rsvl.io import Detections, MergeConfig, greedy_nmm, merge_detections, nms
 from rsvl.io import merge as merge_mod
 
@@ -168,7 +169,7 @@ def test_hbb_nms_with_ios_machinery_in_iou_mode_equals_torchvision(seed):
     d = Detections(boxes, scores, labels)
     ranked = d.select(np.argsort(-scores, kind="stable"))
     ii, jj = merge_mod.overlap_pairs(ranked, 0.3, "iou")
-    keep, _ = merge_mod._greedy(len(ranked), ii, jj)
+    keep, _ = greedy_groups(len(ranked), ii, jj)
     tv = tv_batched_nms(torch.as_tensor(boxes), torch.as_tensor(scores), torch.as_tensor(labels), 0.3).numpy()
     np.testing.assert_array_equal(np.sort(ranked.scores[keep]), np.sort(scores[tv]))
     np.testing.assert_array_equal(nms(d, 0.3).scores, scores[tv])

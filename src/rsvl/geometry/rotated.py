@@ -23,6 +23,7 @@ import torch
 
 from rsvl.errors import GeometryError
 from rsvl.geometry.boxes import Array
+from rsvl.geometry.greedy import greedy_groups
 
 #: Relative tolerance deciding that two edges are parallel and on one line.
 _COLLINEAR_EPS = 1e-10
@@ -276,25 +277,6 @@ def _oriented(pts: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- NMS
 
 
-def _greedy_from_pairs(n: int, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
-    """Greedy suppression over boxes already sorted by score, given overlapping pairs i < j."""
-    suppressed = np.zeros(n, dtype=bool)
-    keep: list[int] = []
-    if ii.numel():
-        order = torch.argsort(ii, stable=True)
-        ii_s, jj_s = ii[order].numpy(), jj[order].numpy()
-        bounds = np.searchsorted(ii_s, np.arange(n + 1))
-    else:
-        ii_s = jj_s = np.empty(0, dtype=np.int64)
-        bounds = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed[jj_s[bounds[i] : bounds[i + 1]]] = True
-    return torch.as_tensor(keep, dtype=torch.int64)
-
-
 def rotated_nms(boxes: Array, scores: Array, iou_threshold: float) -> Array:
     """Greedy NMS of le90 OBBs: indices of the kept boxes, highest score first.
 
@@ -314,7 +296,8 @@ def rotated_nms(boxes: Array, scores: Array, iou_threshold: float) -> Array:
     if ii.numel():
         over = _pair_iou(sb, sb, ii, jj) > iou_threshold
         ii, jj = ii[over], jj[over]
-    kept = order[_greedy_from_pairs(sb.shape[0], ii, jj)]
+    keep, _ = greedy_groups(sb.shape[0], ii.numpy(), jj.numpy())
+    kept = order[torch.from_numpy(keep)]
     return kept.to(boxes.device) if isinstance(boxes, torch.Tensor) else kept.numpy()
 
 

@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from rsvl.errors import InputError
+from rsvl.geometry.greedy import greedy_groups
 from rsvl.io.detections import Detections
 
 __all__ = ["MatchMetric", "MergeConfig", "MergeMethod", "greedy_nmm", "merge_detections", "nms", "overlap_pairs"]
@@ -100,7 +101,7 @@ def nms(
     order = np.argsort(-dets.scores, kind="stable")
     ranked = dets.select(order)
     ii, jj = overlap_pairs(ranked, threshold, metric, class_agnostic)
-    keep, _ = _greedy(len(ranked), ii, jj)
+    keep, _ = greedy_groups(len(ranked), ii, jj)
     return ranked.select(keep)
 
 
@@ -117,7 +118,7 @@ def greedy_nmm(
     order = np.argsort(-dets.scores, kind="stable")
     ranked = dets.select(order)
     ii, jj = overlap_pairs(ranked, threshold, metric, class_agnostic)
-    keep, groups = _greedy(len(ranked), ii, jj)
+    keep, groups = greedy_groups(len(ranked), ii, jj)
     boxes = ranked.boxes[keep].copy()
     for row, (lead, members) in enumerate(zip(keep, groups, strict=True)):
         if members.size:
@@ -214,31 +215,6 @@ def _pair_overlap(dets: Detections, ii: np.ndarray, jj: np.ndarray, metric: Matc
     denom = np.minimum(area_a, area_b) if metric == "ios" else area_a + area_b - inter
     safe = np.where(denom > 0, denom, 1.0)
     return np.where(denom > 0, inter / safe, 0.0)
-
-
-# --------------------------------------------------------------------------- greedy walk
-
-
-def _greedy(n: int, ii: np.ndarray, jj: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Walk boxes 0..n-1 (already in decreasing score); each unused box leads a group.
-
-    Returns the leaders and, per leader, the unused boxes it absorbs (its matches ``j > i``).
-    """
-    order = np.argsort(ii, kind="stable")
-    ii_s, jj_s = ii[order], jj[order]
-    bounds = np.searchsorted(ii_s, np.arange(n + 1))
-    used = np.zeros(n, dtype=bool)
-    keep: list[int] = []
-    groups: list[np.ndarray] = []
-    for i in range(n):
-        if used[i]:
-            continue
-        partners = jj_s[bounds[i] : bounds[i + 1]]
-        partners = partners[~used[partners]]
-        used[partners] = True
-        keep.append(i)
-        groups.append(partners)
-    return np.asarray(keep, dtype=np.int64), groups
 
 
 def _enclose(boxes: np.ndarray, kind: str) -> np.ndarray:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from rsvl.data import sample_path
 from rsvl.errors import InputError
-from rsvl.geometry import box_iou, min_area_rect, obb_to_poly, rotated_iou
+from rsvl.geometry import box_iou, hbb_to_poly, min_area_rect, obb_to_poly, rotated_iou
 from rsvl.io import Detections, MergeConfig, RasterSource, TileSpec, iter_windows, merge_detections
 from rsvl.io.cropping import crop_to_window
 from rsvl.io.vector import write_geojson
@@ -125,8 +125,6 @@ def _trees(out: Path, report: DemoReport, summary: dict) -> None:
         recovered = int((iou.max(axis=0) > 0.999).sum()) if len(merged) else 0
         geojson = write_geojson(out / "trees.geojson", merged, src, class_names=names)
         rgb, _ = src.read_display(src.full_window)
-        from rsvl.geometry import hbb_to_poly
-
         _draw(rgb, hbb_to_poly(merged.boxes), (255, 255, 0), out / "trees.png")
         summary["trees"] = {
             "image": tif.name,

@@ -221,10 +221,11 @@ def _pair_iou(a: torch.Tensor, b: torch.Tensor, ii: torch.Tensor, jj: torch.Tens
     return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), 0 * union)
 
 
-def _restore(result: torch.Tensor, like_a: Array, like_b: Array) -> Array:
-    if isinstance(like_a, torch.Tensor):
-        dtype = like_a.dtype if like_a.is_floating_point() else torch.float64
-        return result.to(dtype=dtype, device=like_a.device)
+def _restore(result: torch.Tensor, like: Array) -> Array:
+    """Return ``result`` in the kind of array ``like`` is (numpy, or a tensor of its dtype/device)."""
+    if isinstance(like, torch.Tensor):
+        dtype = like.dtype if like.is_floating_point() else torch.float64
+        return result.to(dtype=dtype, device=like.device)
     return result.numpy()
 
 
@@ -245,12 +246,12 @@ def rotated_iou(a: Array, b: Array, aligned: bool = False) -> Array:
         if ta.shape[0] != tb.shape[0]:
             raise GeometryError(f"aligned IoU needs as many boxes in a as in b; got {ta.shape[0]} and {tb.shape[0]}")
         idx = torch.arange(ta.shape[0])
-        return _restore(_pair_iou(ta, tb, idx, idx), a, b)
+        return _restore(_pair_iou(ta, tb, idx, idx), a)
     out = torch.zeros(ta.shape[0], tb.shape[0], dtype=torch.float64)
     ii, jj = _circle_candidates(ta, tb)
     if ii.numel():
         out[ii, jj] = _pair_iou(ta, tb, ii, jj)
-    return _restore(out, a, b)
+    return _restore(out, a)
 
 
 def convex_poly_intersection_area(p: Array, q: Array) -> Array:
@@ -264,7 +265,7 @@ def convex_poly_intersection_area(p: Array, q: Array) -> Array:
     if tp.ndim != 2 or tp.shape[1] != 8 or tq.shape != tp.shape:
         raise GeometryError(f"polygons must both have shape (N, 8); got {tuple(tp.shape)} and {tuple(tq.shape)}")
     pp, qq = _oriented(tp.reshape(-1, 4, 2)), _oriented(tq.reshape(-1, 4, 2))
-    return _restore(_paired_area(pp, qq), p, q)
+    return _restore(_paired_area(pp, qq), p)
 
 
 def _oriented(pts: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ involved and the report says so: boxes come from the bundled annotations.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rsvl.data import sample_path
-from rsvl.errors import InputError
 from rsvl.geometry import box_iou, hbb_to_poly, min_area_rect, obb_to_poly, rotated_iou
 from rsvl.io import Detections, MergeConfig, RasterSource, TileSpec, iter_windows, merge_detections
 from rsvl.io.cropping import crop_to_window
@@ -38,24 +36,14 @@ class DemoReport:
     rows: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_deepforest_csv(path: Path) -> tuple[np.ndarray, list[str]]:
-    """Boxes ``(N, 4)`` and labels from a deepforest CSV (``image_path,xmin,ymin,xmax,ymax,label``)."""
-    boxes, labels = [], []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        need = {"xmin", "ymin", "xmax", "ymax", "label"}
-        if not need <= set(reader.fieldnames or ()):
-            raise InputError(f"expected columns {sorted(need)}, got {reader.fieldnames}", path, 1)
-        for line, row in enumerate(reader, start=2):
-            try:
-                box = [float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
-            except (TypeError, ValueError):
-                raise InputError(f"non-numeric box {row}", path, line) from None
-            if not (box[2] > box[0] and box[3] > box[1]):
-                raise InputError(f"box must have xmax > xmin and ymax > ymin, got {box}", path, line)
-            boxes.append(box)
-            labels.append(row["label"])
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels
+def _deepforest_boxes(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Boxes ``(N, 4)`` and labels of a deepforest CSV, read with the datasets module's reader."""
+    from rsvl.datasets import get_format
+
+    samples = get_format("deepforest").open(path).load()
+    instances = [inst for sample in samples for inst in sample.instances]
+    boxes = np.asarray([inst.bbox for inst in instances], dtype=np.float64).reshape(-1, 4)
+    return boxes, [inst.category for inst in instances]
 
 
 def _draw(image: np.ndarray, polygons: np.ndarray, colour: tuple[int, int, int], path: Path) -> None:
@@ -107,7 +95,7 @@ def _buildings(out: Path, report: DemoReport, summary: dict) -> None:
 
 def _trees(out: Path, report: DemoReport, summary: dict) -> None:
     tif = sample_path("deepforest/OSBS_029.tif")
-    boxes, labels = read_deepforest_csv(sample_path("deepforest/OSBS_029.csv"))
+    boxes, labels = _deepforest_boxes(sample_path("deepforest/OSBS_029.csv"))
     names = sorted(set(labels))
     truth = Detections(boxes, np.ones(len(boxes)), [names.index(n) for n in labels])
     spec = TileSpec(size=160, overlap=64, edge="shift")

@@ -46,3 +46,12 @@ class CodecError(InputError):
 
 class RasterError(InputError):
     """An image that cannot be read, is empty, or lacks what the operation needs (bands, CRS)."""
+
+
+class DatasetError(InputError):
+    """An annotation file that does not follow its dataset format (the message names file and line)."""
+
+
+class UnsafeDataError(DatasetError):
+    """A data file that tries something a dataset must never do: run code while unpickling, or
+    point at a path outside the dataset root."""

@@ -287,6 +287,71 @@ def data_convert(
     console.print(summary, highlight=False)
 
 
+@app.command("eval")
+@_fails_cleanly
+def eval_command(
+    task: Annotated[str, typer.Option(help="det, grounding, vqa, caption or classification.")],
+    pred: Annotated[Path, typer.Option(help="Predictions: a file (COCO results, json, jsonl) or folder.")],
+    gt: Annotated[Path | None, typer.Option(help="Ground truth: an annotation file or a dataset folder.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Protocol: det coco|aitod|visdrone|lvis|dota; grounding rrsisd|zeroov|vrsbench; "
+            "vqa exact|rsvqa|rsvqa_lr|lrsvqa|vrsbench."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here (atomically).")] = None,
+    gt_format: Annotated[str | None, typer.Option(help="Dataset format of a --gt folder (default: guessed).")] = None,
+    pred_format: Annotated[
+        str | None, typer.Option(help="Dataset format of a --pred folder (default: guessed).")
+    ] = None,
+    box_type: Annotated[str, typer.Option(help="det: hbb or obb (COCO-family presets).")] = "hbb",
+    ap_method: Annotated[str | None, typer.Option(help="det/dota: voc07 (11-point) or voc12 (all-point).")] = None,
+    mask: Annotated[bool, typer.Option("--mask", help="grounding: score masks instead of boxes.")] = False,
+    no_wordnet: Annotated[
+        bool, typer.Option("--no-wordnet", help="vqa/lrsvqa: exact match only (recorded in the protocol).")
+    ] = False,
+    lenient: Annotated[
+        bool, typer.Option("--lenient", help="det: drop predictions on unknown images/categories (counted).")
+    ] = False,
+) -> None:
+    """Score predictions against ground truth with an official protocol; print a table, write JSON."""
+    from rsvl.metrics.evaluate import evaluate_files
+
+    options: dict[str, Any] = {}
+    if ap_method is not None:
+        options["ap_method"] = ap_method
+    if mask:
+        options["kind"] = "mask"
+    if no_wordnet:
+        options["wordnet"] = False
+    report = evaluate_files(
+        task,
+        preset,
+        gt,
+        pred,
+        gt_format=gt_format,
+        pred_format=pred_format,
+        box_type=box_type,
+        strict=not lenient,
+        options=options,
+    )
+    table = Table(title=f"{report.task} / {report.preset}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.metrics.items():
+        table.add_row(key, "-" if value == -1 else f"{value:.4f}")
+    console.print(table)
+    reference = report.protocol.get("reference")
+    if reference:
+        console.print(f"protocol validated against: {reference}", highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if out is not None:
+        report.write(out)
+        console.print(f"report written to [bold]{out}[/]")
+
+
 def _benchmarks_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:

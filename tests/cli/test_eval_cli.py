@@ -185,3 +185,55 @@ def test_det_dota_folders_of_txt(tmp_path: Path) -> None:
     assert report["metrics"]["AP/ship"] == pytest.approx(1.0)
     assert report["metrics"]["mAP"] == pytest.approx(0.75)
     assert "voc12" in json.dumps(report["protocol"])
+
+
+def _synth(fmt: str, out: Path) -> list:
+    from rsvl.datasets import get_format
+
+    result = runner.invoke(
+        app, ["--quiet", "data", "synth", "--format", fmt, "--n", "3", "--out", str(out), "--size", "160"]
+    )
+    assert result.exit_code == 0, result.output
+    return get_format(fmt).open(out).load()
+
+
+def _scored(samples: list) -> dict:
+    import dataclasses
+
+    return {
+        s.image_id: [dataclasses.replace(i, score=1.0 - 0.01 * k) for k, i in enumerate(s.instances) if not i.ignore]
+        for s in samples
+    }
+
+
+def test_perfect_visdrone_results_written_by_the_datasets_module_score_1(tmp_path: Path) -> None:
+    from rsvl.datasets.visdrone import write_visdrone_results
+
+    samples = _synth("visdrone", tmp_path / "gt")
+    assert any(i.ignore for s in samples for i in s.instances)  # ignored regions are in play
+    write_visdrone_results(tmp_path / "pred", _scored(samples))
+    out = tmp_path / "r.json"
+    args = ["--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--out", str(out)]
+    result = runner.invoke(app, ["eval", "--task", "det", "--preset", "visdrone", *args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["metrics"]["AP50"] == pytest.approx(1.0)
+
+
+def test_perfect_dota_task1_results_score_1_and_a_miss_lowers_it(tmp_path: Path) -> None:
+    from rsvl.datasets.dota import write_dota_task1
+
+    samples = _synth("dota", tmp_path / "gt")
+    predictions = _scored(samples)
+    write_dota_task1(tmp_path / "pred", predictions)
+    out = tmp_path / "r.json"
+    args = ["--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--out", str(out)]
+    assert runner.invoke(app, ["eval", "--task", "det", "--preset", "dota", *args]).exit_code == 0
+    assert json.loads(out.read_text())["metrics"]["mAP"] == pytest.approx(1.0)
+    # drop one non-difficult object's prediction: its class's AP falls below 1
+    stem = next(k for k, v in predictions.items() if any(not i.difficult for i in v))
+    victim = next(i for i in predictions[stem] if not i.difficult)
+    predictions[stem] = [i for i in predictions[stem] if i is not victim]
+    write_dota_task1(tmp_path / "pred2", predictions)
+    args[3] = str(tmp_path / "pred2")
+    assert runner.invoke(app, ["eval", "--task", "det", "--preset", "dota", *args]).exit_code == 0
+    assert json.loads(out.read_text())["metrics"][f"AP/{victim.category}"] < 1.0

@@ -91,6 +91,7 @@ def test_bad_geometry_names_the_feature(solaris_root: Path) -> None:
     ]
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_image_without_crs_is_refused(solaris_root: Path) -> None:
     src = solaris_root / "images" / "tile.tif"
     with rasterio.open(src) as s:

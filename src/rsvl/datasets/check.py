@@ -13,15 +13,12 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from rsvl.datasets.base import Problem, get_format
+from rsvl.datasets.images import image_size
 from rsvl.datasets.sample import Sample
 from rsvl.errors import DatasetError, InputError
 
 log = logging.getLogger(__name__)
-
-Image.MAX_IMAGE_PIXELS = None  # header reads only; huge GeoTIFFs are legitimate here
 
 _BOX_SLACK = 1.0
 """Pixels an object may stick out of its image before it is reported (rounding in real files)."""
@@ -47,22 +44,6 @@ class CheckResult:
         return not self.problems
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the image header, without decoding pixels; None if unreadable."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        pass
-    try:
-        import rasterio
-
-        with rasterio.open(path) as src:
-            return src.width, src.height
-    except Exception:  # rasterio raises many types for unreadable files; all mean "not an image"
-        return None
-
-
 def _check_sample(sample: Sample, result: CheckResult, check_images: bool) -> None:
     result.objects += len(sample.instances)
     result.captions += len(sample.captions)
@@ -80,7 +61,7 @@ def _check_sample(sample: Sample, result: CheckResult, check_images: bool) -> No
     if not path.is_file():
         result.problems.append(Problem(str(path), None, "image file is missing"))
         return
-    size = _image_size(path)
+    size = image_size(path)
     if size is None:
         result.problems.append(Problem(str(path), None, "image cannot be read (corrupt or not an image)"))
         return

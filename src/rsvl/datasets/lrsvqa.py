@@ -34,6 +34,7 @@ from rsvl.datasets.base import (
     DatasetFormat,
     ReadReport,
     check_type,
+    read_text_lines,
     register_format,
     resolve_inside,
 )
@@ -51,24 +52,6 @@ _KEYS = ("question_id", "image", "text", "ground_truth", "category")
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line_number, text)`` of a UTF-8 file, decoding line by line so a bad byte is reported on
-    its own line (a BOM on the first line and CRLF endings are accepted)."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DatasetError(f"cannot open: {exc.strerror or exc}", path) from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DatasetError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path, number) from None
-            yield number, text.rstrip("\r\n")
 
 
 def parse_json_line(text: str, path: Path, line: int) -> Any:
@@ -105,7 +88,7 @@ class LRSVQAFormat(DatasetFormat):
         def samples(report: ReadReport) -> Iterator[Sample]:
             by_image: dict[str, Sample] = {}
             seen_ids: set[Any] = set()
-            for line, text in _read_lines(path):
+            for line, text in read_text_lines(path):
                 if not text.strip():
                     continue
                 try:

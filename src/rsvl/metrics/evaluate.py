@@ -5,8 +5,8 @@ Accepted inputs, by task (a folder is read with the datasets module; its format 
 ``gt_format`` / ``pred_format`` or guessed from the layout):
 
 - ``det``: GT = COCO annotation json or a dataset folder; predictions = COCO results json, a
-  dataset folder whose objects carry scores, or (``dota``) a folder of DOTA Task1 files
-  ``Task1_<class>.txt``. For ``dota`` a plain folder of DOTA txt files (no ``labelTxt/``) is
+  folder of DOTA Task1/Task2 files (``Task1_<class>.txt``), a folder of VisDrone result files,
+  or a dataset folder whose objects carry scores. For ``dota`` a plain folder of DOTA txt files (no ``labelTxt/``) is
   accepted on both sides.
 - ``grounding``: GT = dataset folder (referring expressions; boxes, or masks with ``kind="mask"``)
   or json ``{id: box | RLE}``; predictions = json ``{id: box | RLE}`` or a list of records. The
@@ -58,14 +58,33 @@ def _dota_root(folder: Path) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _dota_side(path: Path, *, predictions: bool) -> list[Sample]:
-    from rsvl.datasets.dota import read_dota_task1
+def _as_samples(found: dict[str, list[Any]]) -> list[Sample]:
+    return [Sample(image=str(k), image_id=k, instances=list(v)) for k, v in sorted(found.items())]
 
+
+def _prediction_folder(path: Path, preset: str, pred_format: str | None) -> list[Sample] | None:
+    """Scored result files the datasets module writes: DOTA Task1/Task2 files (one per class) or
+    VisDrone result txt files (one per image); None when ``path`` is a dataset folder instead."""
+    from rsvl.datasets.dota import read_dota_task1, read_dota_task2
+    from rsvl.datasets.visdrone import read_visdrone_results
+
+    if any(path.glob("Task1_*.txt")):
+        return _as_samples(read_dota_task1(path))
+    if any(path.glob("Task2_*.txt")):
+        return _as_samples(read_dota_task2(path))
+    plain_txt = any(path.glob("*.txt")) and not any(p.is_dir() for p in path.iterdir())
+    if pred_format == "visdrone" or (pred_format is None and preset == "visdrone" and plain_txt):
+        return _as_samples(read_visdrone_results(path))
+    return None
+
+
+def _dota_side(path: Path, *, predictions: bool) -> list[Sample]:
     if not path.is_dir():
         raise InputError(f"the dota preset takes folders of DOTA txt files, got {path}")
-    if predictions and any(path.glob("Task1_*.txt")):
-        found = read_dota_task1(path)
-        return [Sample(image=str(k), image_id=k, instances=list(v)) for k, v in sorted(found.items())]
+    if predictions:
+        found = _prediction_folder(path, "dota", None)
+        if found is not None:
+            return found
     with _dota_root(path) as root:
         from rsvl.datasets import get_format
 
@@ -113,11 +132,14 @@ def evaluate_files(
         if gt.is_dir():
             from rsvl.datasets import get_format
             from rsvl.datasets.check import guess_format
+            from rsvl.datasets.images import with_image_sizes
 
             dataset = get_format(gt_format or guess_format(gt)).open(gt)
-            gt_in = dataset.load()
+            gt_in = with_image_sizes(dataset.load())  # VisDrone/DOTA files do not state sizes
             categories = dataset.categories or None
-        pred_in: Any = _samples(pred, pred_format) if pred.is_dir() else pred
+        pred_in: Any = pred
+        if pred.is_dir():
+            pred_in = _prediction_folder(pred, preset, pred_format) or _samples(pred, pred_format)
         return evaluate_detection(gt_in, pred_in, preset, box_type, categories=categories, strict=strict, **options)
     if task == "grounding":
         from rsvl.metrics.grounding import (

@@ -284,7 +284,7 @@ def data_convert(
     from rsvl.datasets.convert import convert_dataset
 
     summary = convert_dataset(src, src_format, dst, dst_format, progress=not _State.quiet)
-    console.print(summary, highlight=False)
+    console.print(str(summary), highlight=False)
 
 
 @app.command("eval")

@@ -91,3 +91,56 @@ def test_convert_dota_to_coco_keeps_boxes(tmp_path: Path) -> None:
         want = sorted((i.category, *map(lambda v: round(v, 6), i.bbox)) for i in sample.instances)
         assert got == want
     assert _run("data", "check", str(dst), "--format", "coco").exit_code == 0
+
+
+def test_convert_keeps_plain_boxes_plain_and_images_apart(tmp_path: Path) -> None:
+    """COCO -> VOC writes <bndbox> (no made-up rotated box); same-named images in two folders stay two images."""
+    import json
+
+    src = tmp_path / "coco"
+    (src / "images" / "a").mkdir(parents=True)
+    (src / "images" / "b").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(src / "images" / "a" / "x.png")
+    Image.new("RGB", (64, 48), (200, 100, 0)).save(src / "images" / "b" / "x.png")
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a/x.png", "width": 64, "height": 48},
+            {"id": 2, "file_name": "b/x.png", "width": 64, "height": 48},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 15], "area": 300, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [5, 6, 7, 8], "area": 56, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    (src / "annotations.json").write_text(json.dumps(coco))
+    dst = tmp_path / "voc"
+    result = _run("data", "convert", str(src), str(dst), "--from", "coco", "--to", "voc")
+    assert result.exit_code == 0, result.output
+    xmls = sorted((dst / "Annotations").glob("*.xml"))
+    assert len(xmls) == 2
+    for xml in xmls:
+        text = xml.read_text()
+        assert "<bndbox>" in text and "robndbox" not in text
+    images = sorted((dst / "JPEGImages").iterdir())
+    assert len(images) == 2
+    colours = sorted(Image.open(p).convert("RGB").getpixel((0, 0)) for p in images)
+    assert colours == [(10, 20, 30), (200, 100, 0)]
+    back = {i.bbox for s in get_format("voc").open(dst).load() for i in s.instances}
+    assert back == {(10.0, 10.0, 30.0, 25.0), (5.0, 6.0, 12.0, 14.0)}
+
+
+def test_convert_dota_to_coco_states_image_sizes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "dota", tmp_path / "coco"
+    assert _run("data", "synth", "--format", "dota", "--n", "2", "--out", str(src), "--size", "128").exit_code == 0
+    assert _run("data", "convert", str(src), str(dst), "--from", "dota", "--to", "coco").exit_code == 0
+    samples = get_format("coco").open(dst).load()
+    assert {(s.width, s.height) for s in samples} == {(128, 128)}
+
+
+def test_failed_conversion_leaves_no_images_behind(tmp_path: Path) -> None:
+    src, dst = tmp_path / "coco", tmp_path / "cls"
+    assert _run("data", "synth", "--format", "coco", "--n", "2", "--out", str(src), "--size", "128").exit_code == 0
+    result = runner.invoke(app, ["data", "convert", str(src), str(dst), "--from", "coco", "--to", "classification"])
+    assert result.exit_code == 2
+    assert not dst.exists() or not [p for p in dst.rglob("*") if p.is_file()]

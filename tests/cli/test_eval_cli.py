@@ -237,3 +237,36 @@ def test_perfect_dota_task1_results_score_1_and_a_miss_lowers_it(tmp_path: Path)
     args[3] = str(tmp_path / "pred2")
     assert runner.invoke(app, ["eval", "--task", "det", "--preset", "dota", *args]).exit_code == 0
     assert json.loads(out.read_text())["metrics"][f"AP/{victim.category}"] < 1.0
+
+
+def test_dota_task2_results_are_scored_on_horizontal_boxes(tmp_path: Path) -> None:
+    from rsvl.datasets.dota import write_dota_task2
+
+    samples = _synth("dota", tmp_path / "gt")
+    write_dota_task2(tmp_path / "pred", _scored(samples))
+    out = tmp_path / "r.json"
+    args = ["--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--out", str(out)]
+    result = runner.invoke(app, ["eval", "--task", "det", "--preset", "dota", *args])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["metrics"]["mAP"] == pytest.approx(1.0)
+    assert report["protocol"]["dota_task"].startswith("Task2")
+
+
+def test_dota_preset_on_a_folder_without_txt_files_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "annotations.json").write_text("{}")
+    (tmp_path / "pred").mkdir()
+    args = ["--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")]
+    result = runner.invoke(app, ["eval", "--task", "det", "--preset", "dota", *args])
+    assert result.exit_code == 2
+    assert "no DOTA txt files" in result.output
+
+
+def test_id_mismatch_names_both_files(tmp_path: Path) -> None:
+    (tmp_path / "gt.json").write_text(json.dumps({"a": [0, 0, 10, 10]}))
+    (tmp_path / "pred.json").write_text(json.dumps({"zzz": [0, 0, 10, 10]}))
+    args = ["--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json")]
+    result = runner.invoke(app, ["eval", "--task", "grounding", *args])
+    assert result.exit_code == 2
+    assert "zzz" in result.output and "pred.json" in result.output and "gt.json" in result.output

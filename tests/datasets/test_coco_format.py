@@ -382,3 +382,46 @@ def test_results_round_trip_with_masks_and_categories_only(tmp_path):
         write_coco_results(tmp_path / "x.json", {1: [Instance("dog", bbox=(0, 0, 1, 1))]}, cats)
     with pytest.raises(InputError, match="category 'cat' is not among"):
         write_coco_results(tmp_path / "x.json", {1: [Instance("cat", bbox=(0, 0, 1, 1), score=1)]}, cats)
+
+
+def _without(doc, index: int, *keys: str):
+    doc = copy.deepcopy(doc)
+    for key in keys:
+        del doc["annotations"][index][key]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("index", "keys"),
+    [
+        (0, ("bbox", "segmentation")),  # neither key at all
+        (2, ("bbox",)),  # only an empty polygon list left
+    ],
+)
+def test_annotation_without_geometry_is_an_error_or_a_counted_skip(tmp_path, index, keys):
+    doc = _without(COCO_DOC, index, *keys)
+    message = _error(tmp_path, doc)
+    assert f"annotations.json: annotations[{index}]: expected a bbox or a non-empty segmentation" in message
+
+    ds = get_format("coco").open(tmp_path, strict=False)
+    first, second = ds.load()
+    assert [p.message.split(":")[0] for p in ds.report.problems] == [f"annotations[{index}]"]
+    kept = [a["id"] for a in COCO_DOC["annotations"] if a["id"] != COCO_DOC["annotations"][index]["id"]]
+    assert [inst.id for inst in first.instances] == kept and second.instances == []
+
+
+def test_annotation_with_only_a_box_or_only_a_segmentation_is_kept(tmp_path):
+    doc = _without(_without(COCO_DOC, 0, "bbox"), 1, "segmentation")
+    (first, _) = get_format("coco").open(_write_doc(tmp_path, doc)).load()
+    assert [(inst.bbox is None, inst.mask is None) for inst in first.instances] == [
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+
+
+def test_writer_refuses_an_instance_without_geometry(tmp_path):
+    samples = [Sample(image="images/a.png", instances=[Instance("ship", bbox=(1, 1, 4, 3)), Instance("ship")])]
+    with pytest.raises(InputError, match=r"images/a\.png: a 'ship' instance has neither a box, a polygon nor a mask"):
+        get_format("coco").write(tmp_path, samples)
+    assert not (tmp_path / "annotations.json").exists()

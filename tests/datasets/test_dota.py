@@ -215,3 +215,36 @@ def test_task1_errors(tmp_path):
         read_dota_task1(tmp_path)
     with pytest.raises(InputError, match="expected a finite score"):
         write_dota_task1(tmp_path / "out", {"P1": [Instance("plane", bbox=(0, 0, 1, 1))]})
+
+
+BAD_FILE_CATEGORIES = ["../../escaped", "a/b", "a\\b", "..", "x..y", "", "nul\0byte", "c" * 300]
+
+
+@pytest.mark.parametrize("category", BAD_FILE_CATEGORIES)
+@pytest.mark.parametrize("task", [1, 2])
+def test_submission_categories_that_are_not_plain_file_names_are_refused(tmp_path, category, task):
+    writer = write_dota_task1 if task == 1 else write_dota_task2
+    out = tmp_path / "deep" / "out"
+    good = Instance("plane", polygon=(1.0, 2.0, 5.0, 2.0, 5.0, 6.0, 1.0, 6.0), bbox=(1.0, 2.0, 5.0, 6.0), score=0.9)
+    # as an empty class file requested through `categories` (no whitespace check applies there)
+    with pytest.raises(InputError) as info:
+        writer(out, {"P0001": [good]}, categories=["plane", category])
+    assert repr(category) in str(info.value)
+    assert f"Task{task}_<category>.txt" in str(info.value)
+    # nothing was written: not the valid class before it, not anything outside the folder
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == []
+    if category and not any(ch.isspace() for ch in category):
+        # as the category of a prediction, after a valid one
+        bad = Instance(category, polygon=good.polygon, bbox=good.bbox, score=0.5)
+        with pytest.raises(InputError, match="DOTA submissions store each category"):
+            writer(out, {"P0001": [good], "P0002": [bad]})
+        assert sorted(tmp_path.rglob("*")) == []
+
+
+def test_unusual_but_plain_category_names_round_trip(tmp_path):
+    # dots and punctuation are fine as long as the file name stays plain and reads back as the same class
+    boxes = {"img": [Instance(name, bbox=(1.0, 2.0, 3.5, 4.0), score=0.5) for name in (".", "a.b", "x.txt", "c-1_2")]}
+    paths = write_dota_task2(tmp_path, boxes)
+    assert all(p.parent == tmp_path for p in paths)
+    back = read_dota_task2(tmp_path)
+    assert sorted(back["img"], key=lambda i: i.category) == sorted(boxes["img"], key=lambda i: i.category)

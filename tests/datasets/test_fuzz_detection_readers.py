@@ -234,8 +234,8 @@ def _visdrone_matches(inst, line: str) -> bool:
         and width > 0
         and height > 0
         and inst.category == _VISDRONE_NAMES.get(category)
-        and inst.ignore == (category == 0)
-        and float(inst.attrs["score"]) == float(tokens[4])
+        and inst.ignore == (category == 0 or _f(tokens[4]) == 0)
+        and float(inst.attrs["visdrone_score"]) == float(tokens[4])
         and inst.attrs["truncation"] == _int(tokens[6])
         and inst.attrs["occlusion"] == _int(tokens[7])
     )

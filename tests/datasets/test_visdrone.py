@@ -10,9 +10,10 @@ from rsvl.datasets import Category, Instance, Sample, get_format
 from rsvl.datasets.visdrone import VISDRONE_CATEGORIES, read_visdrone_results, write_visdrone_results
 from rsvl.errors import DatasetError, InputError
 
-# Lines in the official layout: a considered car, an ignored region (score 0, category 0), a truncated
-# and occluded pedestrian, one line with the trailing comma some official files have.
-OFFICIAL = "684,8,273,116,0,0,0,0\n406,119,265,70,1,4,0,1\n255,22,119,128,1,1,1,2,\n1,2,3,4,1,11,0,0\n"
+# Lines in the official layout: an ignored region (score 0, category 0), a considered car, a truncated
+# and occluded pedestrian (on the line with the trailing comma some official files have), an "others"
+# object and a van the evaluation ignores (score 0).
+OFFICIAL = "684,8,273,116,0,0,0,0\n406,119,265,70,1,4,0,1\n255,22,119,128,1,1,1,2,\n1,2,3,4,1,11,0,0\n5,6,7,8,0,5,0,0\n"
 
 
 def _visdrone(root: Path, files: dict[str, str | bytes], images: tuple[str, ...] = ()) -> Path:
@@ -30,16 +31,18 @@ def test_reads_official_lines(tmp_path):
     ds = get_format("visdrone").open(root)
     (sample,) = ds.load()
     assert sample.image == "images/0000002_00005_d_0000014.jpg" and sample.image_path.exists()
-    ignored, car, pedestrian, other = sample.instances
+    ignored, car, pedestrian, other, van = sample.instances
     assert ignored == Instance(
         "ignored regions",
         bbox=(684.0, 8.0, 957.0, 124.0),
         ignore=True,
-        attrs={"score": 0, "truncation": 0, "occlusion": 0},
+        attrs={"visdrone_score": 0, "truncation": 0, "occlusion": 0},
     )
     assert (car.category, car.bbox, car.ignore) == ("car", (406.0, 119.0, 671.0, 189.0), False)
-    assert pedestrian.attrs == {"score": 1, "truncation": 1, "occlusion": 2}
-    assert other.category == "others"
+    assert pedestrian.attrs == {"visdrone_score": 1, "truncation": 1, "occlusion": 2}
+    assert (other.category, other.ignore) == ("others", False)
+    # score 0 on an object: the toolkit's ignore ground truth
+    assert van == Instance("van", bbox=(5.0, 6.0, 12.0, 14.0), ignore=True, attrs=ignored.attrs)
     assert [c.name for c in ds.categories][:2] == ["ignored regions", "pedestrian"] and ds.categories[
         10
     ].name == "motor"
@@ -72,10 +75,18 @@ def test_round_trip_of_hand_made_samples(tmp_path):
                     "ignored regions",
                     bbox=(0.0, 0.0, 10.0, 5.0),
                     ignore=True,
-                    attrs={"score": 0, "truncation": 0, "occlusion": 0},
+                    attrs={"visdrone_score": 0, "truncation": 0, "occlusion": 0},
                 ),
                 Instance(
-                    "awning-tricycle", bbox=(2.5, 3.0, 8.0, 9.5), attrs={"score": 1, "truncation": 1, "occlusion": 2}
+                    "awning-tricycle",
+                    bbox=(2.5, 3.0, 8.0, 9.5),
+                    attrs={"visdrone_score": 1, "truncation": 1, "occlusion": 2},
+                ),
+                Instance(
+                    "bus",
+                    bbox=(1.0, 1.0, 4.0, 4.0),
+                    ignore=True,
+                    attrs={"visdrone_score": 0, "truncation": 0, "occlusion": 0},
                 ),
             ],
         ),
@@ -114,7 +125,7 @@ def test_non_strict_counts_skipped_boxes(tmp_path):
 
 
 def test_names_map_to_the_official_ids_whatever_categories_say(tmp_path):
-    sample = Sample(image="images/a.jpg", instances=[Instance("car", bbox=(0, 0, 2, 2), attrs={"score": 1})])
+    sample = Sample(image="images/a.jpg", instances=[Instance("car", bbox=(0, 0, 2, 2), attrs={"visdrone_score": 1})])
     get_format("visdrone").write(tmp_path, [sample], categories=[Category(1, "car")])  # e.g. a COCO file's ids
     assert (tmp_path / "annotations" / "a.txt").read_text() == "0,0,2,2,1,4,0,0\n"
     assert get_format("visdrone").open(tmp_path).load()[0].instances[0].category == "car"
@@ -124,8 +135,15 @@ def test_writer_refuses_what_visdrone_cannot_hold(tmp_path):
     fmt = get_format("visdrone")
     with pytest.raises(InputError, match="not a VisDrone category"):
         fmt.write(tmp_path, [Sample(image="images/a.jpg", instances=[Instance("plane", bbox=(0, 0, 1, 1))])])
-    with pytest.raises(InputError, match="only by category 0"):
-        fmt.write(tmp_path, [Sample(image="images/a.jpg", instances=[Instance("car", bbox=(0, 0, 1, 1), ignore=True)])])
+    contradictions = [
+        Instance("car", bbox=(0, 0, 1, 1), ignore=True, attrs={"visdrone_score": 1}),
+        Instance("car", bbox=(0, 0, 1, 1), attrs={"visdrone_score": 0}),
+    ]
+    for inst in contradictions:  # written as is, the flag would read back with the other `ignore`
+        with pytest.raises(InputError, match=r"instance 0: .*visdrone_score"):
+            fmt.write(tmp_path, [Sample(image="images/a.jpg", instances=[inst])])
+    with pytest.raises(InputError, match="cannot mark a detection ignored"):
+        write_visdrone_results(tmp_path, {"a": [Instance("car", bbox=(0, 0, 1, 1), score=0.5, ignore=True)]})
     with pytest.raises(InputError, match="width and height > 0"):
         fmt.write(tmp_path, [Sample(image="images/a.jpg", instances=[Instance("car", bbox=(0, 0, 0, 1))])])
     assert not (tmp_path / "annotations").exists()
@@ -143,3 +161,40 @@ def test_results_round_trip(tmp_path):
     assert (tmp_path / "img1.txt").read_text().splitlines()[0] == "1,2,10,20,0.875,4,-1,-1"
     assert read_visdrone_results(tmp_path) == predictions
     assert len(VISDRONE_CATEGORIES) == 12
+
+
+def test_ignored_objects_are_written_with_score_zero(tmp_path):
+    # e.g. COCO crowds converted to VisDrone: the score column is the toolkit's ignore flag
+    samples = [
+        Sample(
+            image="images/a.jpg",
+            image_id="a",
+            instances=[
+                Instance("car", bbox=(0, 0, 2, 2), ignore=True),
+                Instance("car", bbox=(1, 1, 3, 3)),
+                Instance("ignored regions", bbox=(4, 4, 9, 9), ignore=True),
+            ],
+        )
+    ]
+    fmt = get_format("visdrone")
+    fmt.write(tmp_path, samples)
+    assert (tmp_path / "annotations" / "a.txt").read_text() == "0,0,2,2,0,4,0,0\n1,1,2,2,1,4,0,0\n4,4,5,5,0,0,0,0\n"
+    assert [i.ignore for i in fmt.open(tmp_path).load()[0].instances] == [True, False, True]
+
+
+def test_region_flags_and_fractional_zero_scores(tmp_path):
+    # category 0 is ignored whatever its score column says; "0.0" is a score of 0 too
+    text = "1,1,5,5,1,0,0,0\n2,2,5,5,0.0,4,0,0\n3,3,5,5,0.5,4,0,0\n"
+    root = _visdrone(tmp_path / "src", {"r.txt": text})
+    (sample,) = get_format("visdrone").open(root).load()
+    assert [(i.ignore, i.attrs["visdrone_score"]) for i in sample.instances] == [(True, 1), (True, 0.0), (False, 0.5)]
+    get_format("visdrone").write(tmp_path / "out", [sample])
+    assert (
+        tmp_path / "out" / "annotations" / "r.txt"
+    ).read_text() == "1,1,5,5,1,0,0,0\n2,2,5,5,0,4,0,0\n3,3,5,5,0.5,4,0,0\n"
+
+
+def test_zero_confidence_detections_are_not_ignored(tmp_path):
+    (tmp_path / "a.txt").write_text("1,1,5,5,0,4,-1,-1\n")
+    (inst,) = read_visdrone_results(tmp_path)["a"]
+    assert (inst.score, inst.ignore, inst.attrs) == (0.0, False, {})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from visdrone_toolkit_port import calc_accuracy, save_anno_res
 
+from rsvl.datasets import get_format
 from rsvl.datasets.sample import Instance, Sample
 from rsvl.errors import InputError
 from rsvl.metrics.detection import evaluate_detection
@@ -185,3 +186,60 @@ def test_class_weighting_by_image_count():
     assert report.metrics["AP"] == pytest.approx(2 / 3)
     assert report.details["class_image_counts"] == {"bus": 1, "car": 2}
     assert report.details["per_category_AP"] == {"bus": 0.0, "car": 1.0}
+
+
+def _visdrone_folder(root, gts, sizes):
+    """Write the toolkit's ground-truth rows as a VisDrone dataset folder and read it back the way
+    `rsvl eval` does (image sizes as the images would give them)."""
+    (root / "annotations").mkdir(parents=True)
+    for i, gt in enumerate(gts):
+        lines = "".join(f"{x},{y},{w},{h},{score},{cat},0,0\n" for x, y, w, h, score, cat in gt.astype(int).tolist())
+        (root / "annotations" / f"{i:04d}.txt").write_text(lines)
+    dataset = get_format("visdrone").open(root)
+    samples = dataset.load()
+    for s, (W, H) in zip(samples, sizes, strict=True):
+        s.width, s.height = W, H
+    return samples, [c.name for c in dataset.categories]
+
+
+def _metrics_equal_toolkit(m, toolkit_result) -> bool:
+    ap_all, ap50, ap75, ars, _ = toolkit_result
+    expected = [ap_all, ap50, ap75, *ars]
+    got = [m[k] for k in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100", "AR500")]
+    return all(g == pytest.approx(e / 100, abs=TOL) for g, e in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("seed", [2, 4, 5, 6])
+def test_ground_truth_read_from_a_visdrone_folder_equals_the_toolkit(tmp_path, seed):
+    # Score-0 objects (not only category-0 regions) are ignore ground truth in the toolkit.
+    rng = np.random.default_rng(seed)
+    (gts, dets, sizes), (_, sdt) = random_visdrone_case(rng, 8)
+    sgt, names = _visdrone_folder(tmp_path, gts, sizes)
+    for s in sdt:
+        s.image_id = f"{s.image_id:04d}"  # VisDrone samples are keyed by file stem
+    expected = toolkit(gts, dets, sizes)
+    report = evaluate_detection(sgt, sdt, preset="visdrone", categories=names)
+    assert _metrics_equal_toolkit(report.metrics, expected), (report.metrics, expected)
+    # the case exercises the rule: taking score-0 objects as regular ground truth gives other numbers
+    flagged = [
+        inst for s in sgt for inst in s.instances if inst.attrs["visdrone_score"] == 0 and inst.category != NAMES[0]
+    ]
+    assert flagged and all(inst.ignore for inst in flagged)
+    for inst in flagged:
+        inst.ignore = False
+    wrong = evaluate_detection(sgt, sdt, preset="visdrone", categories=names).metrics
+    assert not _metrics_equal_toolkit(wrong, expected)
+
+
+def test_score_zero_object_by_hand(tmp_path):
+    # the reviewed case: one evaluated car, one score-0 car; the better detection sits on the ignored one
+    gts = [np.array([[10, 10, 20, 20, 1, 4], [60, 60, 20, 20, 0, 4]], dtype=float)]
+    dets = [np.array([[60, 60, 20, 20, 0.95, 4], [10, 10, 20, 20, 0.9, 4]])]
+    ap_all, _, _, ars, _ = toolkit(gts, dets, [(100, 100)])
+    assert (ap_all, ars[0]) == (50.0, 0.0)
+    sgt, names = _visdrone_folder(tmp_path, gts, [(100, 100)])
+    sdt = [Sample(image="images/0000.jpg", image_id="0000", instances=[
+        Instance("car", bbox=(x, y, x + w, y + h), score=s) for x, y, w, h, s, _ in dets[0].tolist()
+    ])]  # fmt: skip
+    m = evaluate_detection(sgt, sdt, preset="visdrone", categories=names).metrics
+    assert (m["AP"], m["AR1"], m["AR10"]) == (pytest.approx(0.5), 0.0, pytest.approx(0.5))

@@ -175,4 +175,7 @@ def guess_format(root: str | PathLike[str]) -> str:
     from rsvl.datasets.base import format_names
 
     layouts = "; ".join(f"{n}: {get_format(n).layout}" for n in format_names())
-    raise InputError(f"cannot tell the dataset format of {root}; pass --format. Known layouts: {layouts}")
+    raise InputError(
+        f"cannot tell the dataset format of {root}; name it (--format, or --gt-format / --pred-format for "
+        f"rsvl eval). Known layouts: {layouts}"
+    )

@@ -12,7 +12,9 @@ What goes where (so that ``write(read(file))`` reproduces the file's content):
 * ``annotations[j]`` -> :class:`Instance`: ``bbox`` ``[x, y, w, h]`` -> ``bbox`` ``xyxy``;
   ``segmentation`` -> ``mask`` as stored (polygons or RLE); ``iscrowd`` -> ``ignore``; ``id``;
   ``score`` (pseudo-label files) -> ``score``; ``difficult`` (DOTA/DIOR conversions) ->
-  ``difficult``; ``area`` and any other key -> ``attrs``.
+  ``difficult``; ``area`` and any other key -> ``attrs``. An annotation needs a ``bbox`` or a
+  non-empty ``segmentation``: one with neither has nothing to evaluate and is an error (a counted
+  skip with ``strict=False``); the writer likewise refuses an instance with no box, polygon or mask.
 * ``categories`` -> ``Dataset.categories`` (ids preserved; ``supercategory``, LVIS ``frequency``,
   ``synonyms``, ``image_count``, ``instance_count``, ``def``, ``synset``... -> ``Category.attrs``).
 * every other top-level key (``info``, ``licenses``...) -> ``Dataset.meta``.
@@ -367,6 +369,12 @@ class _CocoReader:
             if raw is not None:
                 attrs[BBOX_XYWH] = raw
         mask = _segmentation(ann["segmentation"], f"{where}.segmentation", path) if "segmentation" in ann else None
+        if bbox is None and not mask:  # no box and no (or an empty) polygon list: nothing to evaluate
+            raise DatasetError(
+                f"{where}: expected a bbox or a non-empty segmentation, the annotation has neither "
+                f"(keys: {', '.join(map(str, ann)) or 'none'})"[:300],
+                path,
+            )
         if "area" in attrs:
             area = _finite(attrs["area"], f"{where}.area", path)
             if area < 0:
@@ -533,6 +541,8 @@ class _CocoWriter:
             mask = [[_json_number(v) for v in inst.polygon]]
         if mask is not None:
             out["segmentation"] = mask
+        if "bbox" not in out and not mask:  # the reader refuses such an annotation: do not write one
+            raise InputError(f"{sample.image}: a {inst.category!r} instance has neither a box, a polygon nor a mask")
         out["area"] = _area(inst, sample)
         if self.flavour != "lvis" or inst.ignore:
             out["iscrowd"] = int(inst.ignore)

@@ -2,8 +2,10 @@
 
 Samples stream from the source reader; each image is copied (hard-linked where possible) into the
 destination layout, and the destination writer writes the annotations once at the end. Geometry a
-target format needs but the source lacks is derived, never invented: a polygon from an HBB (its
-4 corners), an HBB from a polygon or mask. Labels the target cannot store (masks in DOTA, captions
+target format needs but the source lacks is derived, never invented: an HBB from a polygon or mask
+(writers that need a polygon, such as DOTA, write an HBB's corners themselves). Image sizes the
+source does not state are read from the image headers; images whose names collide across
+folders are renamed apart. Labels the target cannot store (masks in DOTA, captions
 in COCO) are counted and reported, not silently dropped.
 """
 
@@ -18,6 +20,7 @@ from os import PathLike
 from pathlib import Path
 
 from rsvl.datasets.base import get_format
+from rsvl.datasets.images import with_image_sizes
 from rsvl.datasets.sample import Instance, Sample
 from rsvl.errors import InputError
 
@@ -44,29 +47,45 @@ class ConvertSummary:
 
 
 def complete_geometry(inst: Instance, height: int | None = None, width: int | None = None) -> Instance:
-    """Fill a missing HBB from the polygon/mask and a missing polygon from the HBB."""
-    bbox, polygon = inst.bbox, inst.polygon
-    if bbox is None and polygon is not None:
-        xs, ys = polygon[0::2], polygon[1::2]
+    """Fill a missing HBB from the polygon or mask (a polygon is never made up from a box: writers
+    that need one, such as DOTA, write the box's corners themselves)."""
+    bbox = inst.bbox
+    if bbox is None and inst.polygon is not None:
+        xs, ys = inst.polygon[0::2], inst.polygon[1::2]
         bbox = (min(xs), min(ys), max(xs), max(ys))
     if bbox is None and inst.mask is not None and height and width:
         from rsvl.geometry.masks import to_bbox
 
         bbox = to_bbox(inst.mask, height, width)
-    if polygon is None and bbox is not None:
-        x1, y1, x2, y2 = bbox
-        polygon = (x1, y1, x2, y1, x2, y2, x1, y2)
-    return dataclasses.replace(inst, bbox=bbox, polygon=polygon)
+    return dataclasses.replace(inst, bbox=bbox)
 
 
-def _place_image(src: Path, dst: Path) -> None:
+def _unique_stem(sample: Sample, used: dict[str, Path]) -> str:
+    """The image's file stem, made unique when two source images share a name in different folders
+    (``a/x.png`` and ``b/x.png`` become ``x`` and ``b__x``): target layouts keep one image folder."""
+    rel = Path(sample.image)
+    stem = rel.stem
+    source = sample.image_path.resolve() if sample.root is not None else rel
+    if stem in used and used[stem] != source:
+        stem = "__".join([*rel.parent.parts, rel.stem]) or rel.stem
+        k = 1
+        base = stem
+        while stem in used and used[stem] != source:
+            stem, k = f"{base}_{k}", k + 1
+    used[stem] = source
+    return stem
+
+
+def _place_image(src: Path, dst: Path) -> bool:
+    """Hard-link (or copy) ``src`` to ``dst``; False when ``dst`` already exists (a resumed run)."""
     if dst.exists():
-        return
+        return False
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+    return True
 
 
 def convert_dataset(
@@ -91,13 +110,14 @@ def convert_dataset(
         from rich.progress import track
 
         samples = iter(track(samples, description=f"{reader.name} -> {writer.name}", transient=True))
-    for sample in samples:
+    used: dict[str, Path] = {}
+    copies: list[tuple[Path, Path]] = []
+    for sample in with_image_sizes(samples):
         image_src = sample.image_path
-        stem, suffix = Path(sample.image).stem, Path(sample.image).suffix or ".png"
+        stem, suffix = _unique_stem(sample, used), Path(sample.image).suffix or ".png"
         new_rel = writer.image_relpath(stem, suffix, sample.label)
         if image_src.is_file():
-            _place_image(image_src, dst / new_rel)
-            summary.images_copied += 1
+            copies.append((image_src, dst / new_rel))
         else:
             log.warning("image %s is missing; annotations converted without it", image_src)
         instances = [complete_geometry(i, sample.height, sample.width) for i in sample.instances]
@@ -109,6 +129,18 @@ def convert_dataset(
         dropped["expressions"] += len(sample.refs) * ("referring" not in writer.tasks)
         dropped["scene labels"] += (sample.label is not None) * ("classification" not in writer.tasks)
         dropped["masks"] += sum(i.mask is not None for i in instances) * (writer.name not in _MASK_FORMATS)
-    writer.write(dst, converted, categories=dataset.categories or None)
+    same_family = reader.name == writer.name
+    dropped["dataset metadata fields"] = 0 if same_family else len(dataset.meta)
+    placed: list[Path] = []
+    try:
+        for source, target in copies:
+            if _place_image(source, target):
+                placed.append(target)
+        writer.write(dst, converted, categories=dataset.categories or None, meta=dataset.meta if same_family else None)
+    except BaseException:
+        for target in placed:  # leave no half-converted dataset behind
+            target.unlink(missing_ok=True)
+        raise
+    summary.images_copied = len(copies)
     summary.dropped = dropped
     return summary

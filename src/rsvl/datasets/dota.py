@@ -389,6 +389,35 @@ def read_dota_task2(folder: str | PathLike[str]) -> dict[str, list[Instance]]:
     return _read_task(folder, 2)
 
 
+def _check_file_category(category: str, task: int) -> None:
+    """Refuse a category that cannot be the ``<class>`` of a ``Task<n>_<class>.txt`` file name.
+
+    The name must stay one plain file inside the output folder (``../../x`` would escape it) and
+    must read back as the same category: ``a/b`` would write ``Task1_a/b.txt``, a file in a
+    sub-folder that :func:`read_dota_task1` never looks at, so its predictions would be lost.
+    """
+    if not category:
+        problem = "is empty"
+    elif "/" in category or "\\" in category:
+        problem = "contains a path separator"
+    elif ".." in category:
+        problem = "contains '..'"
+    elif "\0" in category:
+        problem = "contains a NUL character"
+    else:
+        try:
+            too_long = len(os.fsencode(f"Task{task}_{category}.txt")) > 255
+        except UnicodeEncodeError:
+            problem = "cannot be encoded as a file name on this system"
+        else:
+            problem = "is too long for a file name" if too_long else ""
+    if problem:
+        raise InputError(
+            f"category {category!r} {problem}: DOTA submissions store each category in a file "
+            f"Task{task}_<category>.txt, which must be a plain file inside the output folder"
+        )
+
+
 def _write_task(
     folder: str | PathLike[str],
     predictions: Mapping[str, Iterable[Instance]],
@@ -411,6 +440,8 @@ def _write_task(
                 coords = tuple(float(v) for v in inst.bbox)
             fields = [image_id, format_number(inst.score), *(_dota_number(v) for v in coords)]
             per_class.setdefault(inst.category, []).append(" ".join(fields))
+    for category in per_class:  # all of them before the first write: a refused name leaves nothing half-written
+        _check_file_category(category, task)
     paths = []
     for category, lines in per_class.items():
         path = Path(folder) / f"Task{task}_{category}.txt"

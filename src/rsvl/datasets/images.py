@@ -8,6 +8,7 @@ annotation states.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,16 +16,16 @@ from PIL import Image, UnidentifiedImageError
 
 from rsvl.datasets.sample import Sample
 
-Image.MAX_IMAGE_PIXELS = None  # header reads only; huge GeoTIFFs are legitimate here
-
 
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the image header; None if the file is missing or not an image."""
     try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        pass  # PIL refuses huge images outright; rasterio reads their headers below
     try:
         import rasterio
 

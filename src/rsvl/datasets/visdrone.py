@@ -13,9 +13,14 @@ Some real files end lines with a trailing comma; it is tolerated (and not writte
   ``attrs["bbox_xywh"]`` (see :mod:`rsvl.datasets.coco`), so rewriting never changes a number.
 * categories are the official ones (:data:`VISDRONE_CATEGORIES`): id 0 is "ignored regions" and
   becomes ``Instance(category="ignored regions", ignore=True)``.
-* ``score``, ``truncation`` and ``occlusion`` go to ``attrs`` as the file has them. In ground truth
-  the score column is 1 for boxes the evaluation considers and 0 for ignored ones (the writer uses
-  that as the default when ``attrs`` lacks it).
+* the score column goes to ``attrs["visdrone_score"]`` (:data:`SCORE_ATTR`; not ``"score"``, which
+  is a COCO annotation field), ``truncation`` and ``occlusion`` to ``attrs`` as the file has them.
+  In ground truth the score column is 1 for boxes the evaluation considers and 0 for ignored ones:
+  the official toolkit treats a score-0 object as *ignore* ground truth (detections on it are
+  neither true nor false positives), so such objects are read with ``ignore=True`` as well (rsvl's
+  crowd / ignore flag, COCO's ``iscrowd``). The writer derives the column from ``ignore`` when
+  ``attrs`` lacks it (0 for ignored objects and regions, else 1) and refuses a ``visdrone_score``
+  that contradicts ``ignore``.
 
 Result files (:func:`read_visdrone_results`, :func:`write_visdrone_results`) use the same line
 format with the detection confidence in the score column and ``-1`` for truncation and occlusion;
@@ -55,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IGNORED_REGIONS",
+    "SCORE_ATTR",
     "VISDRONE_CATEGORIES",
     "VisDroneFormat",
     "read_visdrone_results",
@@ -62,6 +68,9 @@ __all__ = [
 ]
 
 IGNORED_REGIONS = "ignored regions"
+
+SCORE_ATTR = "visdrone_score"
+"""``Instance.attrs`` key of an annotation file's score column (the ground-truth evaluation flag)."""
 
 VISDRONE_CATEGORIES: tuple[Category, ...] = tuple(
     Category(i, name)
@@ -161,9 +170,28 @@ def _category_id(inst: Instance, ids: Mapping[str, int], where: str) -> int:
     cid = ids.get(inst.category)
     if cid is None:
         raise InputError(f"{where}: category {inst.category!r} is not a VisDrone category ({', '.join(ids)})")
-    if inst.ignore and cid != 0:
-        raise InputError(f"{where}: VisDrone marks ignored boxes only by category 0 ({IGNORED_REGIONS!r})")
     return cid
+
+
+def _gt_score(inst: Instance, cid: int, where: str) -> Any:
+    """The annotation score column: ``attrs["visdrone_score"]`` when present, else 0 for ignored
+    objects (and regions), 1 otherwise. A stored flag that says the opposite of ``ignore`` on an
+    object (not a region) raises: written as is, it would read back with the other ``ignore``."""
+    if SCORE_ATTR not in inst.attrs:
+        return 0 if inst.ignore or cid == 0 else 1
+    score = inst.attrs[SCORE_ATTR]
+    if cid != 0 and isinstance(score, (int, float)) and not isinstance(score, bool):
+        if inst.ignore and score != 0:
+            raise InputError(
+                f"{where}: ignored object with attrs[{SCORE_ATTR!r}] = {score!r}; VisDrone marks ignored "
+                f"objects with score 0 (drop the attribute or set it to 0)"
+            )
+        if not inst.ignore and score == 0:
+            raise InputError(
+                f"{where}: attrs[{SCORE_ATTR!r}] = 0 marks an ignored object in VisDrone, but ignore is False "
+                f"(drop the attribute or set ignore=True)"
+            )
+    return score
 
 
 @register_format
@@ -204,7 +232,8 @@ class VisDroneFormat(DatasetFormat):
                                 raise
                             report.skip(exc)
                             continue
-                        inst.attrs = {"score": score, **inst.attrs}
+                        inst.ignore = inst.ignore or score == 0  # the toolkit's ignore ground truth
+                        inst.attrs = {SCORE_ATTR: score, **inst.attrs}
                         instances.append(inst)
                 except DatasetError as exc:
                     if strict:
@@ -228,9 +257,10 @@ class VisDroneFormat(DatasetFormat):
         """Write ``annotations/<stem>.txt`` per sample (atomically, after checking every sample).
 
         Category names map to the official ids whatever ``categories`` says (VisDrone's ids are
-        fixed; other names raise). Polygon-only instances are written as their enclosing box. Not written, with a
-        warning counting them: ``Instance.score`` (the score column of annotation files is the
-        evaluation flag, ``attrs["score"]``) and ``difficult`` flags (VisDrone has none).
+        fixed; other names raise). Ignored objects (``ignore``, e.g. COCO crowds) get score 0, the
+        toolkit's ignore flag. Polygon-only instances are written as their enclosing box. Not written,
+        with a warning counting them: ``Instance.score`` (the score column of annotation files is the
+        evaluation flag, ``attrs["visdrone_score"]``) and ``difficult`` flags (VisDrone has none).
         """
         root = Path(root)
         ids = _ids(categories)
@@ -245,8 +275,9 @@ class VisDroneFormat(DatasetFormat):
                 raise InputError(f"two samples share the image stem {stem!r}; VisDrone keeps one file per stem")
             lines = []
             for n, inst in enumerate(sample.instances):
-                cid = _category_id(inst, ids, f"{sample.image} instance {n}")
-                score = inst.attrs.get("score", 0 if cid == 0 else 1)
+                where = f"{sample.image} instance {n}"
+                cid = _category_id(inst, ids, where)
+                score = _gt_score(inst, cid, where)
                 lines.append(_line(inst, cid, score, inst.attrs.get("truncation", 0), inst.attrs.get("occlusion", 0)))
                 scores += inst.score is not None
                 difficult += inst.difficult
@@ -301,6 +332,8 @@ def write_visdrone_results(
             if inst.score is None:
                 raise InputError(f"{where}: expected a score")
             cid = _category_id(inst, ids, where)
+            if inst.ignore and cid != 0:
+                raise InputError(f"{where}: a result file cannot mark a detection ignored (only category 0 is)")
             lines.append(
                 _line(inst, cid, inst.score, inst.attrs.get("truncation", -1), inst.attrs.get("occlusion", -1))
             )

@@ -19,6 +19,7 @@ Accepted inputs, by task (a folder is read with the datasets module; its format 
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,10 +86,38 @@ def _dota_side(path: Path, *, predictions: bool) -> list[Sample]:
         found = _prediction_folder(path, "dota", None)
         if found is not None:
             return found
+    labels = path / "labelTxt" if (path / "labelTxt").is_dir() else path
+    if not any(labels.glob("*.txt")):
+        raise InputError(f"no DOTA txt files in {labels} (expected <image>.txt label files or Task1_<class>.txt)")
     with _dota_root(path) as root:
         from rsvl.datasets import get_format
 
         return get_format("dota").open(root).load()
+
+
+def _horizontal(samples: list[Sample]) -> list[Sample]:
+    """DOTA Task2 scoring: every object as its axis-aligned box (dota_evaluation_task2.py compares
+    the ground-truth polygons' enclosing boxes with the predicted boxes)."""
+    return [
+        dataclasses.replace(s, instances=[dataclasses.replace(i, polygon=None) for i in s.instances]) for s in samples
+    ]
+
+
+def _evaluate_dota_folders(gt: Path, pred: Path, strict: bool, options: dict[str, Any]) -> EvalReport:
+    from rsvl.metrics.detection import evaluate_detection
+
+    gt_samples = _dota_side(gt, predictions=False)
+    pred_samples = _dota_side(pred, predictions=True)
+    task2 = any(pred.glob("Task2_*.txt")) and not any(pred.glob("Task1_*.txt"))
+    if task2:
+        gt_samples = _horizontal(gt_samples)
+    report = evaluate_detection(gt_samples, pred_samples, "dota", strict=strict, **options)
+    report.protocol["dota_task"] = (
+        "Task2: horizontal boxes, ground truth = enclosing boxes of the polygons (dota_evaluation_task2.py)"
+        if task2
+        else "Task1: oriented polygons (dota_evaluation_task1.py)"
+    )
+    return report
 
 
 def _require(path: Path | None, what: str) -> Path:
@@ -100,6 +129,27 @@ def _require(path: Path | None, what: str) -> Path:
 
 
 def evaluate_files(
+    task: str,
+    preset: str | None,
+    gt: Path | None,
+    pred: Path,
+    **kwargs: Any,
+) -> EvalReport:
+    """Load ``gt`` and ``pred`` for ``task`` and score them with ``preset`` (see the module docstring).
+
+    Keyword arguments: ``gt_format``, ``pred_format``, ``box_type``, ``strict``, ``options``.
+    Errors that do not name a file (e.g. ids present in the predictions but not in the ground
+    truth) are re-raised naming both files.
+    """
+    try:
+        return _evaluate_files(task, preset, gt, pred, **kwargs)
+    except InputError as exc:
+        if exc.path is not None:
+            raise
+        raise InputError(f"{exc.message} (--gt {gt}, --pred {pred})") from None
+
+
+def _evaluate_files(
     task: str,
     preset: str | None,
     gt: Path | None,
@@ -124,9 +174,7 @@ def evaluate_files(
 
         gt = _require(gt, "--gt")
         if preset == "dota":
-            return evaluate_detection(
-                _dota_side(gt, predictions=False), _dota_side(pred, predictions=True), "dota", strict=strict, **options
-            )
+            return _evaluate_dota_folders(gt, pred, strict, options)
         gt_in: Any = gt
         categories = None
         if gt.is_dir():

@@ -12,9 +12,10 @@ What the toolkit does, and what is reproduced here rule by rule (``evalDET.m`` -
    count is ``I(y2, x2) + I(y', x') - I(y', x2) - I(y2, x')`` with ``x2 = min(W, x'+p3)``,
    ``y2 = min(H, y'+p4)``, and the object stays when ``count / (p3 * p4) < 0.5``. This needs the
    image size; region coordinates are integers in VisDrone (other values are rounded).
-2. Ground truth whose ``score`` column is 0 (here ``ignore`` / ``iscrowd``) is *ignore* ground
-   truth: a detection may match it any number of times with overlap ``inter / area(det)``; such
-   a detection is neither TP nor FP.
+2. Ground truth whose ``score`` column is 0 (here ``ignore`` / ``iscrowd``; the VisDrone reader
+   sets ``ignore`` on such objects and keeps the column in ``attrs["visdrone_score"]``) is *ignore*
+   ground truth: a detection may match it any number of times with overlap ``inter / area(det)``;
+   such a detection is neither TP nor FP.
 3. Each image's detections are capped at maxDets = 1, 10, 100, 500 over all categories (the
    toolkit takes the first lines of the result file; rsvl sorts each image's detections by
    score first, ties in input order, which equals the toolkit on score-sorted files).

@@ -230,22 +230,17 @@ def _enclose(boxes: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _convex_hull(pts: np.ndarray) -> np.ndarray:
-    """Convex hull vertices (Andrew's monotone chain); keeps min_area_rect's pair search small."""
+    """Convex hull vertices (scipy's Qhull); keeps min_area_rect's pair search small.
+
+    Degenerate groups (all corners on a line or a point) have no 2-D hull: their unique points are
+    returned as they are, which min_area_rect handles.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
     pts = np.unique(pts, axis=0)
     if pts.shape[0] <= 2:
         return pts
-
-    def cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
-
-    lower: list[np.ndarray] = []
-    for p in pts:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    upper: list[np.ndarray] = []
-    for p in pts[::-1]:
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return np.asarray(lower[:-1] + upper[:-1])
+    try:
+        return pts[ConvexHull(pts).vertices]
+    except QhullError:
+        return pts

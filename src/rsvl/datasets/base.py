@@ -140,6 +140,12 @@ class DatasetFormat(ABC):
         return f"{self.image_dir}/{stem}{suffix}"
 
 
+def derive_categories(samples: Iterable[Sample]) -> list[Category]:
+    """The categories a writer uses when none are given: the samples' names sorted, ids from 1."""
+    names = sorted({inst.category for sample in samples for inst in sample.instances})
+    return [Category(i, name) for i, name in enumerate(names, start=1)]
+
+
 _FORMATS: dict[str, type[DatasetFormat]] = {}
 
 

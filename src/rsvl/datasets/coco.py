@@ -53,6 +53,7 @@ from rsvl.datasets.base import (
     DatasetFormat,
     ReadReport,
     check_type,
+    derive_categories,
     load_json,
     register_format,
     resolve_inside,
@@ -405,11 +406,6 @@ class _CocoReader:
 # --------------------------------------------------------------------------- the writer
 
 
-def _derive_categories(samples: Sequence[Sample]) -> list[Category]:
-    names = sorted({inst.category for s in samples for inst in s.instances})
-    return [Category(i, name) for i, name in enumerate(names, start=1)]
-
-
 def _category_ids(categories: Sequence[Category]) -> dict[str, int]:
     ids: dict[str, int] = {}
     seen: set[int] = set()
@@ -622,7 +618,7 @@ class _CocoFlavour(DatasetFormat):
         """Write ``annotations.json`` (atomically). ``meta`` supplies ``info``, ``licenses`` and any
         other top-level key; ``categories`` fixes ids (default: sorted names, ids from 1)."""
         samples = list(samples)
-        cats = list(categories) if categories is not None else _derive_categories(samples)
+        cats = list(categories) if categories is not None else derive_categories(samples)
         folder = self.image_dir if image_dir is None else image_dir.strip("/")
         doc = _CocoWriter(self.flavour, folder, cats).document(samples, dict(meta or {}))
         _, ann_path = _locate(root, ann_file)

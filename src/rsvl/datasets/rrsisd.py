@@ -59,6 +59,7 @@ from rsvl.datasets.base import (
     as_dict,
     assign_ids,
     check_type,
+    derive_categories,
     finite_number,
     get_field,
     load_json,
@@ -662,8 +663,7 @@ def _writer_categories(samples: list[Sample], categories: Sequence[Category] | N
         if len({c.id for c in cats}) != len(cats) or len({c.name for c in cats}) != len(cats):
             raise InputError("categories must have unique ids and names")
         return cats
-    names = sorted({inst.category for s in samples for inst in s.instances})
-    return [Category(k + 1, name) for k, name in enumerate(names)]
+    return derive_categories(samples)
 
 
 def _check_plain(obj: Any, where: str) -> None:

@@ -47,6 +47,7 @@ from rsvl.metrics.records import (
     check_missing_policy,
     id_key,
     keyed,
+    load_id_mapping,
     missing_message,
     read_json_records,
     split_ids,
@@ -391,32 +392,7 @@ def load_grounding_json(path: str | PathLike[str]) -> dict[str, Any]:
     Shapes: ``{id: [x1, y1, x2, y2]}`` (or 5 numbers, or an RLE dict), or a list / ``.jsonl`` of
     records ``{"id" | "question_id" | "image_id": ..., "bbox" | "segmentation": ...}``.
     """
-    p = Path(path)
-    data, is_lines = read_json_records(p)
-    if not is_lines and isinstance(data, dict):
-        return {id_key(k, f"key {k!r}"): v for k, v in data.items()}
-    rows = data if is_lines else [(None, r) for r in data] if isinstance(data, list) else None
-    if rows is None:
-        raise DatasetError(f"expected a JSON object or list, got {type(data).__name__}", p)
-    out: dict[str, Any] = {}
-    for i, (line, record) in enumerate(rows):
-        where = f"line {line}" if line is not None else f"[{i}]"
-        if not isinstance(record, dict):
-            raise DatasetError(f"{where}: expected an object", p, line)
-        key_name = next((k for k in ("id", "question_id", "image_id") if k in record), None)
-        value_name = next((k for k in ("bbox", "segmentation") if k in record), None)
-        if key_name is None or value_name is None:
-            raise DatasetError(
-                f"{where}: a record needs an id field (id/question_id/image_id) and a bbox or segmentation", p, line
-            )
-        try:
-            key = id_key(record[key_name], f"{where}.{key_name}")
-        except InputError as exc:
-            raise DatasetError(exc.message, p, line) from None
-        if key in out:
-            raise DatasetError(f"{where}: duplicate id {key!r}", p, line)
-        out[key] = record[value_name]
-    return out
+    return load_id_mapping(path, ("bbox", "segmentation"))
 
 
 _INT = re.compile(r"\d+")

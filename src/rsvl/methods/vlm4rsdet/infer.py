@@ -1,0 +1,230 @@
+"""Inference with an exported detector: load, predict tiles of huge rasters, evaluate, write results.
+
+The exported ``detector.pt`` holds only the detector (weights, detector recipe, class names); it is
+loaded with ``torch.load(weights_only=True)`` into a freshly built detector with a strict key check.
+Images larger than one tile go through the core's sliced inference (:func:`rsvl.io.sliced_predict`), which
+reads one window at a time and merges tile detections, so a 20,000 px GeoTIFF never sits in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from rsvl.datasets import Instance, Sample
+from rsvl.datasets.base import Category
+from rsvl.errors import InputError
+from rsvl.geometry.boxes import obb_to_poly
+from rsvl.io import RasterSource
+from rsvl.io.detections import Detections
+from rsvl.io.merge import MergeConfig
+from rsvl.io.sliced import sliced_predict
+from rsvl.io.tiling import TileSpec
+from rsvl.methods.vlm4rsdet.config import DetectorConfig
+from rsvl.methods.vlm4rsdet.data import DetectionTrainSet
+from rsvl.methods.vlm4rsdet.detector import build_detector
+from rsvl.metrics.report import EvalReport
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "LoadedDetector",
+    "detect_files",
+    "detections_to_instances",
+    "evaluate_detector",
+    "load_detector",
+    "predict_image",
+]
+
+OUTPUT_FORMATS = ("coco", "dota", "geojson")
+@dataclass
+class LoadedDetector:
+    """An exported detector ready for prediction."""
+
+    model: nn.Module
+    classes: list[str]
+    config: DetectorConfig
+    name: str
+
+    @property
+    def box_type(self) -> str:
+        return self.config.box_type
+
+
+def load_detector(path: str | os.PathLike[str], device: str = "cpu") -> LoadedDetector:
+    """Load ``detector.pt`` written by training (``rsvl train vlm4rsdet``)."""
+    from rsvl.methods.vlm4rsdet.train import DETECTOR_FORMAT
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError("detector checkpoint not found", file)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read the detector checkpoint: {exc}", file) from None
+    if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
+        raise InputError(f"not an rsvl VLM4RSDet detector (expected format {DETECTOR_FORMAT!r})", file)
+    try:
+        cfg = DetectorConfig.model_validate(payload["detector"])
+    except ValidationError as exc:
+        raise InputError(f"the checkpoint's detector recipe is invalid: {exc}", file) from None
+    classes = [str(c) for c in payload["classes"]]
+    model = build_detector(cfg, len(classes), pretrained=False)
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise InputError(f"weights do not fit the detector (missing {missing[:3]}, unexpected {unexpected[:3]})", file)
+    return LoadedDetector(model.to(device).eval(), classes, cfg, str(payload.get("name", file.stem)))
+
+
+@torch.inference_mode()
+def predict_image(detector: LoadedDetector, rgb: np.ndarray) -> Detections:
+    """Detections of one ``(H, W, 3)`` uint8 image, boxes in its pixels (HBB xyxy or le90 OBB)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InputError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
+    device = next(detector.model.parameters()).device
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0).to(device)
+    out = detector.model([tensor])[0]
+    return Detections(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy())
+
+
+def _predict_file(
+    detector: LoadedDetector, path: Path, tile: int, overlap: int, progress: bool
+) -> tuple[Detections, int, int]:
+    with RasterSource(path) as src:
+        width, height = src.width, src.height
+        if width == 0 or height == 0:
+            raise InputError("the image is empty", path)
+        if width <= tile and height <= tile:  # one pass; larger images are tiled
+            rgb, _ = src.read_display(src.full_window)
+            dets = predict_image(detector, rgb)
+        else:
+            dets = sliced_predict(
+                src,
+                lambda rgb: predict_image(detector, rgb),
+                TileSpec(tile, overlap, "shift"),
+                MergeConfig(threshold=detector.config.nms_thresh),
+                progress=progress,
+            )
+    return dets, width, height
+
+
+def detections_to_instances(dets: Detections, classes: Sequence[str]) -> list[Instance]:
+    """Scored :class:`Instance` objects (HBB ``bbox`` or OBB ``polygon``) for writers and evaluation."""
+    out = []
+    for box, score, label in zip(dets.boxes, dets.scores, dets.labels, strict=True):
+        name = classes[int(label)]
+        if len(box) == 5:
+            poly = tuple(float(v) for v in np.asarray(obb_to_poly(box[None]))[0])
+            out.append(Instance(name, polygon=poly, score=float(score)))
+        else:
+            out.append(Instance(name, bbox=tuple(float(v) for v in box), score=float(score)))
+    return out
+
+
+def evaluate_detector(
+    model: nn.Module | LoadedDetector,
+    dataset: DetectionTrainSet,
+    preset: str,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    progress: bool = True,
+) -> EvalReport:
+    """Predict every image of ``dataset`` and score it with :func:`rsvl.metrics.evaluate_detection`."""
+    from rsvl.metrics.detection import evaluate_detection
+
+    if not isinstance(model, LoadedDetector):
+        from rsvl.methods.vlm4rsdet.detector import detector_kind
+
+        cfg = DetectorConfig(box_type=detector_kind(model))  # type: ignore[arg-type]
+        model = LoadedDetector(model.eval(), dataset.classes, cfg, "detector")
+    preds = []
+    for sample in dataset.samples:
+        dets, width, height = _predict_file(model, sample.image_path, tile, overlap, progress=False)
+        preds.append(
+            Sample(
+                sample.image,
+                image_id=sample.image_id,
+                width=width,
+                height=height,
+                instances=detections_to_instances(dets, dataset.classes),
+            )
+        )
+    return evaluate_detection(
+        dataset.samples,
+        preds,
+        preset,
+        model.box_type,
+        categories=dataset.classes,  # type: ignore[arg-type]
+    )
+
+
+def detect_files(
+    paths: Sequence[str | os.PathLike[str]],
+    detector: LoadedDetector,
+    out_dir: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] = OUTPUT_FORMATS,
+    tile: int = 512,
+    overlap: int = 64,
+    progress: bool = True,
+) -> dict[str, list[Path]]:
+    """Detect objects in image files and write COCO results, DOTA task files and GeoJSON.
+
+    Writes into ``out_dir``: ``detections.coco.json`` (COCO results list) with ``images.json``
+    (``id -> file``, sizes) and ``categories``; ``dota/Task1_<class>.txt`` (OBB) or
+    ``dota/Task2_<class>.txt`` (HBB); ``<stem>.geojson`` per image (map coordinates and CRS when the
+    image is georeferenced, pixels otherwise).
+    """
+    from rsvl.datasets.coco import write_coco_results
+    from rsvl.datasets.dota import write_dota_task1, write_dota_task2
+    from rsvl.io.vector import write_detections
+    from rsvl.utils.atomic import write_json
+
+    unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
+    if unknown:
+        raise InputError(f"unknown output format(s) {unknown}; choose from {', '.join(OUTPUT_FORMATS)}")
+    files = [Path(p) for p in paths]
+    for f in files:
+        if not f.is_file():
+            raise InputError("image not found", f)
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):
+        raise InputError("two input images share a file name stem; outputs would overwrite each other")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {f: [] for f in formats}
+    by_id: dict[int, list[Instance]] = {}
+    by_stem: dict[str, list[Instance]] = {}
+    images = []
+    for image_id, f in enumerate(files, start=1):
+        dets, width, height = _predict_file(detector, f, tile, overlap, progress)
+        logger.info("%s: %d detections", f, len(dets))
+        instances = detections_to_instances(dets, detector.classes)
+        by_id[image_id] = instances
+        by_stem[f.stem] = instances
+        images.append({"id": image_id, "file_name": str(f), "width": width, "height": height})
+        if "geojson" in formats:
+            with RasterSource(f) as src:
+                georef = src.georef if src.is_georeferenced else None
+            named = dets.with_class_names(detector.classes)
+            written["geojson"].append(write_detections(out / f"{f.stem}.geojson", named, georef))
+    categories = [Category(i + 1, name) for i, name in enumerate(detector.classes)]
+    if "coco" in formats:
+        written["coco"].append(write_coco_results(out / "detections.coco.json", by_id, categories))
+        written["coco"].append(
+            write_json(out / "images.json", {"images": images, "categories": [c.__dict__ for c in categories]})
+        )
+    if "dota" in formats:
+        writer = write_dota_task1 if detector.box_type == "obb" else write_dota_task2
+        written["dota"].extend(writer(out / "dota", by_stem, detector.classes))
+    return written

@@ -1,0 +1,250 @@
+"""Training: build the joint model from a recipe, optimise, checkpoint, resume, export, evaluate.
+
+A run folder holds ``config.yaml`` (the recipe as run), ``last.pt`` (model + optimiser + step,
+written atomically every ``checkpoint_every`` steps and on Ctrl-C), ``history.json`` (losses),
+``detector.pt`` (the exported detector: no VLM branch) and ``eval.json`` when a validation set is
+given. Starting again in the same folder resumes from ``last.pt``; because batches are a function
+of ``(seed, step)``, a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from rsvl.errors import InputError
+from rsvl.methods.vlm4rsdet.config import VLM4RSDetConfig
+from rsvl.methods.vlm4rsdet.data import DetectionTrainSet
+from rsvl.methods.vlm4rsdet.detector import build_detector
+from rsvl.methods.vlm4rsdet.model import VLM4RSDet, export_detector
+from rsvl.metrics.report import EvalReport
+from rsvl.utils.atomic import atomic_path, write_json, write_text
+from rsvl.utils.config import to_yaml
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "build_model", "build_vlm_branch", "lr_at", "save_detector", "train"]
+
+CHECKPOINT = "last.pt"
+DETECTOR = "detector.pt"
+DETECTOR_FORMAT = "rsvl.vlm4rsdet.detector/1"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    steps: int
+    seconds: float
+    detector_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    report: EvalReport | None = None
+
+
+def build_vlm_branch(cfg: VLM4RSDetConfig, classes: list[str]) -> nn.Module:
+    """The Florence-2 branch: real weights from ``vlm.path``, else a tiny random Florence-2."""
+    from rsvl.methods.vlm4rsdet.vlm_branch import VLMBranch
+    from rsvl.models.florence2 import build_loc_tokenizer, load_florence2, tiny_florence2
+
+    v = cfg.vlm
+    if v.path:
+        florence, tokenizer = load_florence2(v.path)
+    else:
+        tokenizer = build_loc_tokenizer(classes)
+        t = v.tiny
+        florence = tiny_florence2(tokenizer, d_model=t.d_model, layers=t.layers, heads=t.heads, ffn=t.ffn)
+    branch = VLMBranch(
+        florence,
+        tokenizer,
+        visual_dim=v.visual_dim,
+        grid=v.grid,
+        obb=cfg.detector.box_type == "obb",
+        use_glca=v.glca,
+        use_lhps=v.lhps,
+        prompt=v.prompt,
+        max_target_tokens=v.max_target_tokens,
+    )
+    if v.freeze_language_model:
+        for p in florence.parameters():
+            p.requires_grad_(False)
+    return branch
+
+
+def build_model(cfg: VLM4RSDetConfig, classes: list[str], *, pretrained: bool = True) -> VLM4RSDet:
+    """Detector (seeded identically with or without the branch) plus the branch when enabled."""
+    torch.manual_seed(cfg.seed)
+    detector = build_detector(cfg.detector, len(classes), pretrained=pretrained)
+    vlm = None
+    if cfg.vlm.enabled:
+        torch.manual_seed(cfg.seed + 1)
+        vlm = build_vlm_branch(cfg, classes)
+    return VLM4RSDet(detector, vlm, classes, alpha=cfg.vlm.alpha)
+
+
+def lr_at(step: int, cfg: VLM4RSDetConfig) -> float:
+    """Linear warm-up from lr/1000, then 10x drops at the ``lr_drops`` fractions of the run."""
+    o = cfg.optim
+    lr = o.lr * (0.1 ** sum(step >= f * o.steps for f in o.lr_drops))
+    if step < o.warmup_steps:
+        lr *= 0.001 + (1 - 0.001) * step / o.warmup_steps
+    return lr
+
+
+def _optimizer(model: nn.Module, cfg: VLM4RSDetConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def save_detector(path: Path, detector: nn.Module, cfg: VLM4RSDetConfig, classes: list[str]) -> Path:
+    """Write the exported detector (weights + the detector recipe + class names), atomically."""
+    payload = {
+        "format": DETECTOR_FORMAT,
+        "detector": cfg.detector.model_dump(mode="json"),
+        "classes": list(classes),
+        "name": cfg.name,
+        "state_dict": detector.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg_yaml: str) -> None:
+    payload = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "config": cfg_yaml}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg_yaml: str) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read the checkpoint: {exc}", path) from None
+    if yaml.safe_load(state.get("config", "")) != yaml.safe_load(cfg_yaml):
+        raise InputError(
+            "the run folder holds a checkpoint of a different recipe; use another --out or --no-resume", path
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def train(
+    cfg: VLM4RSDetConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    evaluate: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train the recipe into ``out_dir`` (resuming from its ``last.pt`` when ``resume``).
+
+    Returns the run's :class:`TrainResult`; the exported detector is ``out_dir/detector.pt``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.optim.threads:
+        torch.set_num_threads(cfg.optim.threads)
+    data = DetectionTrainSet(cfg.data, cfg.detector.box_type)
+    classes = data.classes
+    cfg_yaml = to_yaml(cfg)
+    model = build_model(cfg, classes).to(cfg.device)
+    model.train()
+    opt = _optimizer(model, cfg)
+    ckpt = out / CHECKPOINT
+    start = 0
+    history: list[dict[str, float]] = []
+    if resume and ckpt.is_file():
+        start = _load_checkpoint(ckpt, model, opt, cfg_yaml)
+        if (out / "history.json").is_file():
+            import json
+
+            history = [h for h in json.loads((out / "history.json").read_text()) if h["step"] <= start]
+        logger.info("resuming %s from step %d", out, start)
+    write_text(out / "config.yaml", cfg_yaml)
+    t0 = time.perf_counter()
+    running: dict[str, float] = {}
+    count = 0
+    done = start  # steps whose optimiser update has been applied
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task(f"training {cfg.name}", total=cfg.optim.steps, completed=start)
+            for step in range(start, cfg.optim.steps):
+                lr = lr_at(step, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                images, targets = data.batch(step, cfg.optim.batch_size, cfg.seed)
+                images = [im.to(cfg.device) for im in images]
+                targets = [{k: v.to(cfg.device) for k, v in t.items()} for t in targets]
+                losses = model(images, targets)
+                loss = losses["loss"]
+                if not math.isfinite(float(loss.detach())):
+                    raise RuntimeError(f"non-finite loss at step {step}: { {k: float(v) for k, v in losses.items()} }")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                done = step + 1
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                for k, v in values.items():
+                    running[k] = running.get(k, 0.0) + v
+                count += 1
+                if (step + 1) % cfg.optim.log_every == 0 or step + 1 == cfg.optim.steps:
+                    entry = {"step": step + 1, "lr": lr, **{k: v / count for k, v in running.items()}}
+                    history.append(entry)
+                    running, count = {}, 0
+                    bar.update(task, description=f"training {cfg.name} loss {entry['loss']:.3f}")
+                bar.advance(task)
+                if (step + 1) % cfg.optim.checkpoint_every == 0:
+                    _save_checkpoint(ckpt, model, opt, step + 1, cfg_yaml)
+                    write_json(out / "history.json", history)
+                if on_step is not None:
+                    on_step(step, values)
+    except KeyboardInterrupt:
+        _save_checkpoint(ckpt, model, opt, done, cfg_yaml)
+        write_json(out / "history.json", [h for h in history if h["step"] <= done])
+        logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
+        raise
+    seconds = time.perf_counter() - t0
+    _save_checkpoint(ckpt, model, opt, cfg.optim.steps, cfg_yaml)
+    write_json(out / "history.json", history)
+    detector = export_detector(model).eval()
+    det_path = save_detector(out / DETECTOR, detector, cfg, classes)
+    report = None
+    if evaluate and cfg.data.val_root:
+        from rsvl.methods.vlm4rsdet.infer import evaluate_detector
+
+        val = DetectionTrainSet(cfg.data, cfg.detector.box_type, classes, root=cfg.data.val_root)
+        report = evaluate_detector(detector, val, cfg.preset, progress=progress)
+        write_json(out / "eval.json", report.to_dict())
+    return TrainResult(out, cfg.optim.steps, seconds, det_path, history, report)
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )

@@ -414,6 +414,9 @@ def detect(
     tile: Annotated[int, typer.Option(help="Tile size for large images.")] = 512,
     overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 64,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    coco_gt: Annotated[
+        Path | None, typer.Option("--coco-gt", help="COCO annotations giving the result image ids (by file name).")
+    ] = None,
 ) -> None:
     """Detect objects with a trained detector; huge rasters go through sliced inference."""
     from rsvl.methods.vlm4rsdet.infer import detect_files, load_detector
@@ -422,7 +425,9 @@ def detect(
         raise InputError(f"--overlap must lie in [0, --tile), got {overlap} with tile {tile}")
     detector = load_detector(model_path, device=device)
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    written = detect_files(images, detector, out, formats=wanted, tile=tile, overlap=overlap, progress=not _State.quiet)
+    written = detect_files(
+        images, detector, out, formats=wanted, tile=tile, overlap=overlap, progress=not _State.quiet, coco_gt=coco_gt
+    )
     for fmt, paths in written.items():
         shown = paths[0].parent if len(paths) > 3 else ", ".join(str(p) for p in paths)
         console.print(f"{fmt}: {shown}")

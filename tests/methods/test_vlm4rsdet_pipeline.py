@@ -188,6 +188,29 @@ def test_cli_train_then_detect_writes_coco_dota_geojson(tmp_path: Path, synth_ai
     coco = json.loads((out / "detections.coco.json").read_text())
     assert {d["image_id"] for d in coco} == {1} and all(len(d["bbox"]) == 4 for d in coco)
     assert sorted(p.name for p in (out / "dota").iterdir())[0].startswith("Task2_")
+    # results keyed by the ground truth's own image ids score directly with `rsvl eval`
+    pngs = sorted(str(p) for p in (synth_aitod / "images").glob("*.png"))
+    gt = synth_aitod / "annotations.json"
+    model = str(tmp_path / "run" / "detector.pt")
+    res = runner.invoke(app, ["-q", "detect", *pngs, "-m", model, "-o", str(tmp_path / "d2"), "--coco-gt", str(gt)])
+    assert res.exit_code == 0, res.output
+    ids = {im["id"] for im in json.loads(gt.read_text())["images"]}
+    assert {d["image_id"] for d in json.loads((tmp_path / "d2" / "detections.coco.json").read_text())} <= ids
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--task",
+            "det",
+            "--preset",
+            "aitod",
+            "--gt",
+            str(gt),
+            "--pred",
+            str(tmp_path / "d2" / "detections.coco.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
 
 
 def test_cli_detect_and_train_fail_cleanly(tmp_path: Path) -> None:

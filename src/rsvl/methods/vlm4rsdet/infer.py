@@ -22,7 +22,7 @@ from torch import nn
 from rsvl.datasets import Instance, Sample
 from rsvl.datasets.base import Category
 from rsvl.errors import InputError
-from rsvl.geometry.boxes import obb_to_poly
+from rsvl.geometry.boxes import obb_to_hbb, obb_to_poly
 from rsvl.io import RasterSource
 from rsvl.io.detections import Detections
 from rsvl.io.merge import MergeConfig
@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 OUTPUT_FORMATS = ("coco", "dota", "geojson")
+
+
 @dataclass
 class LoadedDetector:
     """An exported detector ready for prediction."""
@@ -118,13 +120,20 @@ def _predict_file(
 
 
 def detections_to_instances(dets: Detections, classes: Sequence[str]) -> list[Instance]:
-    """Scored :class:`Instance` objects (HBB ``bbox`` or OBB ``polygon``) for writers and evaluation."""
+    """Scored :class:`Instance` objects for writers and evaluation.
+
+    HBB: ``bbox``. OBB: ``polygon`` (4 corners), the enclosing ``bbox``, the polygon again as a COCO
+    ``segmentation`` and the le90 box as the ``obb`` attribute, so that COCO results carry the
+    rotated box in both forms ``rsvl eval --box-type obb`` reads.
+    """
     out = []
     for box, score, label in zip(dets.boxes, dets.scores, dets.labels, strict=True):
         name = classes[int(label)]
         if len(box) == 5:
-            poly = tuple(float(v) for v in np.asarray(obb_to_poly(box[None]))[0])
-            out.append(Instance(name, polygon=poly, score=float(score)))
+            poly = [float(v) for v in np.asarray(obb_to_poly(box[None]))[0]]
+            hbb = tuple(float(v) for v in np.asarray(obb_to_hbb(box[None]))[0])
+            attrs = {"obb": [float(v) for v in box]}
+            out.append(Instance(name, bbox=hbb, polygon=tuple(poly), mask=[poly], score=float(score), attrs=attrs))
         else:
             out.append(Instance(name, bbox=tuple(float(v) for v in box), score=float(score)))
     return out
@@ -177,8 +186,13 @@ def detect_files(
     tile: int = 512,
     overlap: int = 64,
     progress: bool = True,
+    coco_gt: str | os.PathLike[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Detect objects in image files and write COCO results, DOTA task files and GeoJSON.
+
+    ``coco_gt``: a COCO annotation file whose ``images`` give the result ids (matched by file
+    name), so ``rsvl eval --gt coco_gt --pred detections.coco.json`` scores the output directly;
+    without it the ids are 1..N in input order.
 
     Writes into ``out_dir``: ``detections.coco.json`` (COCO results list) with ``images.json``
     (``id -> file``, sizes) and ``categories``; ``dota/Task1_<class>.txt`` (OBB) or
@@ -206,7 +220,8 @@ def detect_files(
     by_id: dict[int, list[Instance]] = {}
     by_stem: dict[str, list[Instance]] = {}
     images = []
-    for image_id, f in enumerate(files, start=1):
+    ids = _coco_ids(files, coco_gt) if coco_gt is not None else list(range(1, len(files) + 1))
+    for image_id, f in zip(ids, files, strict=True):
         dets, width, height = _predict_file(detector, f, tile, overlap, progress)
         logger.info("%s: %d detections", f, len(dets))
         instances = detections_to_instances(dets, detector.classes)
@@ -228,3 +243,21 @@ def detect_files(
         writer = write_dota_task1 if detector.box_type == "obb" else write_dota_task2
         written["dota"].extend(writer(out / "dota", by_stem, detector.classes))
     return written
+
+
+def _coco_ids(files: Sequence[Path], coco_gt: str | os.PathLike[str]) -> list[int]:
+    """The COCO image id of each file, looked up by file name in a ground-truth file."""
+    from rsvl.datasets.base import load_json
+
+    doc = load_json(Path(coco_gt))
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list):
+        raise InputError("not a COCO annotation file (no 'images' list)", coco_gt)
+    by_name: dict[str, int] = {}
+    for im in images:
+        if isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str):
+            by_name[Path(im["file_name"]).name] = im["id"]
+    missing = [f.name for f in files if f.name not in by_name]
+    if missing:
+        raise InputError(f"images not listed in the COCO file: {missing[:5]}", coco_gt)
+    return [by_name[f.name] for f in files]

@@ -37,11 +37,14 @@ class VLM4RSDet(nn.Module):
         self.class_names = list(class_names)
         self.alpha = float(alpha)
         self._captured: OrderedDict[str, Tensor] | None = None
+        self._canvas: tuple[int, int] = (0, 0)
         self._hook = detector.backbone.register_forward_hook(self._capture)
 
-    def _capture(self, _module: nn.Module, _inputs: Any, output: OrderedDict[str, Tensor]) -> None:
+    def _capture(self, _module: nn.Module, inputs: Any, output: OrderedDict[str, Tensor]) -> None:
         if self.vlm is not None and self.training:
             self._captured = output
+            # the padded batch the FPN saw: the VLM's loc bins must span this canvas, not each image
+            self._canvas = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         """Training: dict of losses incl. ``llm`` (unweighted) and ``loss`` (the weighted total).
@@ -60,19 +63,24 @@ class VLM4RSDet(nn.Module):
                 raise RuntimeError("the detector's backbone did not run: cannot feed the VLM branch")
             features = list(self._captured.values())
             self._captured = None
-            vlm_targets = [self._vlm_target(img, tgt) for img, tgt in zip(images, targets, strict=True)]
+            vlm_targets = [self._vlm_target(tgt) for tgt in targets]
             llm = self.vlm(features, vlm_targets)
             losses["llm"] = llm
             total = total + self.alpha * llm
         losses["loss"] = total
         return losses
 
-    def _vlm_target(self, image: Tensor, target: dict[str, Tensor]) -> dict[str, Any]:
+    def _vlm_target(self, target: dict[str, Tensor]) -> dict[str, Any]:
+        """Boxes as the VLM writes them: relative to the padded canvas the visual tokens cover.
+
+        The detectors do not resize, and pad at the bottom / right only, so input pixels are canvas
+        pixels and only the size used for ``<loc_k>`` quantisation changes.
+        """
         labels = target["labels"].tolist()
         return {
             "boxes": target["boxes"].detach(),
             "names": [self.class_names[k] for k in labels],
-            "image_size": (int(image.shape[-2]), int(image.shape[-1])),
+            "image_size": self._canvas,
         }
 
 

@@ -384,9 +384,9 @@ def train_vlm4rsdet(
     overrides = list(set_ or [])
     if collab is not None:
         overrides.append(f"vlm.enabled={str(collab).lower()}")
-    if vlm_path is not None:
-        overrides.append(f"vlm.path={vlm_path}")
     cfg = load_recipe(config, overrides)
+    if vlm_path is not None:  # set directly: a path is not YAML ("no", "123", "#" would be misread)
+        cfg.vlm.path = str(vlm_path)
     run_dir = out or Path("runs") / cfg.name
     result = train(cfg, run_dir, resume=resume, progress=not _State.quiet)
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; detector: {result.detector_path}")

@@ -243,6 +243,17 @@ def test_truncation_keeps_whole_objects_and_warns_once(tok, caplog):
     assert sum("max_target_tokens" in r.message for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize(("limit", "kept"), [(19, 3), (18, 2), (7, 1), (6, 0), (3, 0)])
+def test_truncation_cuts_only_between_objects(tok, limit, kept):
+    """17 body tokens hold 3 objects exactly (limit 19 = <s> + 17 + </s>); an object never gets cut."""
+    boxes = [[i * 10.0, i * 10, i * 10 + 8, i * 10 + 8] for i in range(5)]
+    br = _branch(tok, use_lhps=False, max_target_tokens=limit)
+    row = br.labels([_target(boxes, ["ship"] * 5)])[0]
+    row = row[row != -100].tolist()
+    assert row[0] == 0 and row[-1] == 2 and len(row) <= limit
+    assert len(Florence2Codec().decode(tok.decode(row[1:-1]), (256, 256))) == kept
+
+
 def test_grid_32_extends_positions_and_runs(tok):
     br = _branch(tok, grid=32)
     assert br.florence.config.text_config.max_position_embeddings >= 32 * 32 + len(br.prompt_ids)

@@ -128,6 +128,23 @@ def test_saved_tiny_model_loads_back_with_identical_logits(tok, tmp_path):
     assert torch.equal(a, b)
 
 
+def test_checkpoint_with_foreign_weight_names_is_refused(tok, tmp_path):
+    """transformers would only log the missing weights and train a random LM; rsvl refuses it."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_florence2(tok, d_model=32).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    renamed = {k.replace("model.language_model.", "language_model.model."): v for k, v in load_file(weights).items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
+    with pytest.raises(InputError, match="does not fit") as err:
+        load_florence2(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="cannot load the Florence-2 model"):
+        load_florence2(tmp_path)
+
+
 def _bare_bart_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer without <sep> / <loc_k> (like a plain BART tokenizer)."""
     raw = Tokenizer(models.BPE())

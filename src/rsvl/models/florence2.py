@@ -309,8 +309,20 @@ def load_florence2(
         raise InputError(f"cannot load the Florence-2 tokenizer: {exc}", folder) from exc
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
-        model = Florence2ForConditionalGeneration.from_pretrained(folder, local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the Florence-2 model: {exc}", folder) from exc
+        model, info = Florence2ForConditionalGeneration.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True, **kwargs
+        )
+    except Exception as exc:  # corrupt safetensors, a config of another model...: all input errors here
+        raise InputError(f"cannot load the Florence-2 model: {type(exc).__name__}: {exc}", folder) from exc
+    missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
+    if missing or info.get("mismatched_keys"):
+        # transformers only logs these and initialises the weights at random: training would then
+        # run on an untrained language model without anyone noticing
+        raise InputError(
+            f"the checkpoint does not fit Florence2ForConditionalGeneration: {len(missing)} missing weights "
+            f"(e.g. {missing[:3]}), mismatched {list(info.get('mismatched_keys', []))[:3]}; convert it to "
+            "transformers' native Florence-2 layout",
+            folder,
+        )
     ensure_loc_tokens(model, tokenizer)
     return model, tokenizer

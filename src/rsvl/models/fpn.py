@@ -13,6 +13,7 @@ torchvision's FCOS / RetinaNet expect from ``model.backbone`` (P6/P7 from torchv
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from rsvl.errors import InputError
 from rsvl.models.backbones import LITE0_MEAN, LITE0_STD, efficientnet_lite0
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKBONES",
@@ -146,7 +149,14 @@ def build_fpn_backbone(
             pretrained=weights if weights is not None else False, out_channels=out_channels
         ), *normalisation(name)
     if name == "resnet50":
-        file = None if weights in (None, False, True) else weights
+        if weights is True:
+            raise InputError(
+                "backbone resnet50 has no bundled weights: set detector.backbone_weights to a local torchvision "
+                "ResNet-50 ImageNet state_dict file (or null / false to train from random initialisation)"
+            )
+        if weights in (None, False):
+            logger.warning("ResNet-50 backbone starts from random weights (no backbone_weights file given)")
+        file = None if weights in (None, False) else weights
         return resnet50_fpn(file, out_channels=out_channels), *normalisation(name)
     raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 

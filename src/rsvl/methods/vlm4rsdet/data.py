@@ -137,8 +137,12 @@ class DetectionTrainSet:
         self.classes = list(
             classes or cfg.categories or dataset.category_names() or [c.name for c in derive_categories(self.samples)]
         )
+        if not self.classes:
+            raise InputError(
+                "no object classes: the labels hold no objects and data.categories is not set", root or cfg.root
+            )
         if len(set(self.classes)) != len(self.classes):
-            raise InputError(f"class names repeat: {self.classes}")
+            raise InputError(f"class names repeat: {self.classes}", root or cfg.root)
         self.targets = [sample_targets(s, box_type, self.classes, cfg.skip_difficult) for s in self.samples]
         self._cache = _ImageCache(cache_mb)
 

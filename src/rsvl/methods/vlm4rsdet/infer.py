@@ -79,9 +79,14 @@ def load_detector(path: str | os.PathLike[str], device: str = "cpu") -> LoadedDe
         cfg = DetectorConfig.model_validate(payload["detector"])
     except ValidationError as exc:
         raise InputError(f"the checkpoint's detector recipe is invalid: {exc}", file) from None
-    classes = [str(c) for c in payload["classes"]]
+    classes = payload.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise InputError("the checkpoint has no class list", file)
     model = build_detector(cfg, len(classes), pretrained=False)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except (KeyError, RuntimeError) as exc:
+        raise InputError(f"weights do not fit the detector: {exc}", file) from None
     if missing or unexpected:
         raise InputError(f"weights do not fit the detector (missing {missing[:3]}, unexpected {unexpected[:3]})", file)
     return LoadedDetector(model.to(device).eval(), classes, cfg, str(payload.get("name", file.stem)))
@@ -154,6 +159,7 @@ def evaluate_detector(
     if not isinstance(model, LoadedDetector):
         from rsvl.methods.vlm4rsdet.detector import detector_kind
 
+        # a bare module: its own NMS threshold is unknown here, so merge tiles at the kind's default
         cfg = DetectorConfig(box_type=detector_kind(model))  # type: ignore[arg-type]
         model = LoadedDetector(model.eval(), dataset.classes, cfg, "detector")
     preds = []
@@ -205,8 +211,8 @@ def detect_files(
     from rsvl.utils.atomic import write_json
 
     unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
-    if unknown:
-        raise InputError(f"unknown output format(s) {unknown}; choose from {', '.join(OUTPUT_FORMATS)}")
+    if unknown or not formats:
+        raise InputError(f"unknown or no output format(s) {unknown}; choose from {', '.join(OUTPUT_FORMATS)}")
     files = [Path(p) for p in paths]
     for f in files:
         if not f.is_file():
@@ -214,13 +220,17 @@ def detect_files(
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         raise InputError("two input images share a file name stem; outputs would overwrite each other")
+    if "dota" in formats:  # check before hours of inference, not when writing at the end
+        _check_dota_names(stems, detector.classes)
+    ids = _coco_ids(files, coco_gt) if coco_gt is not None else list(range(1, len(files) + 1))
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("the output folder is an existing file", out)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[Path]] = {f: [] for f in formats}
     by_id: dict[int, list[Instance]] = {}
     by_stem: dict[str, list[Instance]] = {}
     images = []
-    ids = _coco_ids(files, coco_gt) if coco_gt is not None else list(range(1, len(files) + 1))
     for image_id, f in zip(ids, files, strict=True):
         dets, width, height = _predict_file(detector, f, tile, overlap, progress)
         logger.info("%s: %d detections", f, len(dets))
@@ -257,7 +267,20 @@ def _coco_ids(files: Sequence[Path], coco_gt: str | os.PathLike[str]) -> list[in
     for im in images:
         if isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str):
             by_name[Path(im["file_name"]).name] = im["id"]
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise InputError("two input images share a file name; COCO ids are matched by file name", coco_gt)
     missing = [f.name for f in files if f.name not in by_name]
     if missing:
         raise InputError(f"images not listed in the COCO file: {missing[:5]}", coco_gt)
     return [by_name[f.name] for f in files]
+
+
+def _check_dota_names(stems: Sequence[str], classes: Sequence[str]) -> None:
+    """Image stems and class names must fit DOTA's space-separated lines and Task file names."""
+    from rsvl.datasets.dota import _check_file_category, _check_token
+
+    for stem in stems:
+        _check_token(stem, "image name", "DOTA output (drop 'dota' from --format or rename the file)")
+    for name in classes:
+        _check_file_category(name, 1)

@@ -9,6 +9,7 @@ of ``(seed, step)``, a resumed run continues exactly where the interrupted one s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -122,8 +123,29 @@ def save_detector(path: Path, detector: nn.Module, cfg: VLM4RSDetConfig, classes
     return path
 
 
+#: Recipe keys that may change between an interrupted run and its resumption (no effect on results).
+RESUMABLE_CHANGES = {("device",), ("optim", "threads"), ("optim", "checkpoint_every"), ("optim", "log_every")}
+
+
+def _comparable(cfg_yaml: str) -> Any:
+    data = yaml.safe_load(cfg_yaml)
+    for keys in RESUMABLE_CHANGES:
+        node = data
+        for key in keys[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(keys[-1], None)
+    return data
+
+
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg_yaml: str) -> None:
-    payload = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "config": cfg_yaml}
+    payload = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "config": cfg_yaml,
+        "torch_rng": torch.get_rng_state(),
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -131,15 +153,21 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg_yaml: str) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        same = _comparable(state["config"]) == _comparable(cfg_yaml)
     except Exception as exc:
-        raise InputError(f"cannot read the checkpoint: {exc}", path) from None
-    if yaml.safe_load(state.get("config", "")) != yaml.safe_load(cfg_yaml):
+        raise InputError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}); use --no-resume", path) from None
+    if not same:
         raise InputError(
             "the run folder holds a checkpoint of a different recipe; use another --out or --no-resume", path
         )
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    return int(state["step"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+    except Exception as exc:
+        raise InputError(f"the checkpoint does not fit this model ({type(exc).__name__}: {exc})", path) from None
 
 
 def train(
@@ -156,11 +184,17 @@ def train(
     Returns the run's :class:`TrainResult`; the exported detector is ``out_dir/detector.pt``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError("the run folder is an existing file", out)
+    _check_device(cfg.device)
     if cfg.optim.threads:
         torch.set_num_threads(cfg.optim.threads)
     data = DetectionTrainSet(cfg.data, cfg.detector.box_type)
     classes = data.classes
+    val = None
+    if evaluate and cfg.data.val_root:  # read (and check) it now, not after hours of training
+        val = DetectionTrainSet(cfg.data, cfg.detector.box_type, classes, root=cfg.data.val_root)
+    out.mkdir(parents=True, exist_ok=True)
     cfg_yaml = to_yaml(cfg)
     model = build_model(cfg, classes).to(cfg.device)
     model.train()
@@ -171,8 +205,6 @@ def train(
     if resume and ckpt.is_file():
         start = _load_checkpoint(ckpt, model, opt, cfg_yaml)
         if (out / "history.json").is_file():
-            import json
-
             history = [h for h in json.loads((out / "history.json").read_text()) if h["step"] <= start]
         logger.info("resuming %s from step %d", out, start)
     write_text(out / "config.yaml", cfg_yaml)
@@ -196,8 +228,10 @@ def train(
                     raise RuntimeError(f"non-finite loss at step {step}: { {k: float(v) for k, v in losses.items()} }")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.optim.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                if cfg.optim.grad_clip:  # per branch: the VLM's gradients must not shrink the detector's step
+                    torch.nn.utils.clip_grad_norm_(model.detector.parameters(), cfg.optim.grad_clip)
+                    if model.vlm is not None:
+                        torch.nn.utils.clip_grad_norm_(model.vlm.parameters(), cfg.optim.grad_clip)
                 opt.step()
                 done = step + 1
                 values = {k: float(v.detach()) for k, v in losses.items()}
@@ -226,13 +260,25 @@ def train(
     detector = export_detector(model).eval()
     det_path = save_detector(out / DETECTOR, detector, cfg, classes)
     report = None
-    if evaluate and cfg.data.val_root:
-        from rsvl.methods.vlm4rsdet.infer import evaluate_detector
+    if val is not None:
+        from rsvl.methods.vlm4rsdet.infer import LoadedDetector, evaluate_detector
 
-        val = DetectionTrainSet(cfg.data, cfg.detector.box_type, classes, root=cfg.data.val_root)
-        report = evaluate_detector(detector, val, cfg.preset, progress=progress)
+        loaded = LoadedDetector(detector, classes, cfg.detector, cfg.name)
+        report = evaluate_detector(loaded, val, cfg.preset, progress=progress)
         write_json(out / "eval.json", report.to_dict())
     return TrainResult(out, cfg.optim.steps, seconds, det_path, history, report)
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this machine does not have before any work is done."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown torch device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but no CUDA GPU is available (use device: cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r} requested but MPS is not available (use device: cpu)")
 
 
 def _progress(enabled: bool) -> Any:

@@ -286,11 +286,12 @@ class VLMBranch(nn.Module):
                 self.max_target_tokens,
             )
             self._warned_truncation = True
-        body = ids[1 : self.max_target_tokens - 1]
-        seps = [k for k, t in enumerate(body) if t == self._sep_id]
-        if seps:
-            body = body[: seps[-1]]
-        return [ids[0], *body, ids[-1]]
+        body = ids[1:-1]
+        room = self.max_target_tokens - 2
+        # cut where a whole object ends (a <sep>, or the end): never inside an object; if not even
+        # the first object fits, the target is empty rather than a half label
+        cuts = [k for k, t in enumerate(body) if t == self._sep_id and k <= room]
+        return [ids[0], *body[: max(cuts, default=0)], ids[-1]]
 
     def labels(self, targets: Sequence[dict[str, Any]]) -> Tensor:
         """``(B * num_levels, T)`` label ids padded with -100, rows ordered like :meth:`encoder_inputs`."""

@@ -151,10 +151,21 @@ def main() -> None:
     parser.add_argument("--synth-val", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument(
+        "--cost-only", action="store_true", help="re-measure the cost ratios of the finished runs (quiet machine)"
+    )
     args = parser.parse_args()
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    for dataset in args.datasets.split(","):
+    if args.cost_only:
+        for key, entry in results.items():
+            dataset, variant = key.split("/")
+            cfg = recipe(dataset, variant, args)
+            entry.update(cost_ratios(args.out / dataset / variant / "detector.pt", cfg, args.latency_repeats))
+            print(f"{key}: latency {entry['latency_ms']:.1f} ms, ratio {entry['latency_ratio']:.3f}", flush=True)
+        write_json(results_file, results)
+        args.datasets = ""
+    for dataset in filter(None, args.datasets.split(",")):
         for variant in args.variants.split(","):
             key = f"{dataset}/{variant}"
             cfg = recipe(dataset, variant, args)

@@ -221,3 +221,25 @@ def test_cli_detect_and_train_fail_cleanly(tmp_path: Path) -> None:
     bad.write_text("data: {format: aitod, root: x}\ndetector: {box_type: circle}\n")
     res = runner.invoke(app, ["train", "vlm4rsdet", "-c", str(bad)])
     assert res.exit_code == 2 and "detector.box_type" in res.output
+
+
+@pytest.mark.parametrize(("fmt", "box_type"), [("dota", "obb"), ("voc", "hbb"), ("visdrone", "hbb"), ("coco", "hbb")])
+def test_trains_on_each_detection_format(tmp_path: Path, fmt: str, box_type: str) -> None:
+    root = tmp_path / fmt
+    generate_dataset(fmt, root, n=1, seed=2, size=96, progress=False)
+    cfg = VLM4RSDetConfig.model_validate(
+        {
+            "data": {"format": fmt, "root": str(root), "val_root": str(root), "crop_size": 64},
+            "detector": {
+                "box_type": box_type,
+                "backbone_weights": False,
+                "topk_candidates": 50,
+                "detections_per_img": 20,
+            },
+            "vlm": {"enabled": True, "grid": 2, "visual_dim": 8, "tiny": {"d_model": 16, "heads": 2, "ffn": 32}},
+            "optim": {"steps": 1, "batch_size": 1, "warmup_steps": 0},
+        }
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert np.isfinite(result.history[-1]["loss"]) and "llm" in result.history[-1]
+    assert result.report is not None and result.report.preset == ("dota" if box_type == "obb" else "coco")

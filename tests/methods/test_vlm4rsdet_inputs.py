@@ -135,3 +135,32 @@ def test_detect_refuses_names_dota_cannot_write_before_inference(tmp_path: Path,
     assert not out.exists()
     cli = CliRunner().invoke(app, ["detect", str(image), "-m", str(res.detector_path), "-o", str(out), "-f", ""])
     assert cli.exit_code == 2
+
+
+def test_input_scale_resizes_images_and_maps_boxes_back() -> None:
+    from rsvl.methods.vlm4rsdet.config import DetectorConfig
+    from rsvl.methods.vlm4rsdet.data import scale_boxes, scale_image
+    from rsvl.methods.vlm4rsdet.detector import build_detector
+    from rsvl.methods.vlm4rsdet.infer import LoadedDetector, predict_image
+
+    obb = torch.tensor([[10.0, 20, 8, 4, 0.3]])
+    assert torch.equal(scale_boxes(obb, 2.0), torch.tensor([[20.0, 40, 16, 8, 0.3]]))
+    assert scale_image(torch.rand(3, 10, 7), 3.0).shape == (3, 30, 21)
+    torch.manual_seed(0)
+    cfg = DetectorConfig(backbone_weights=False, score_thresh=0.0, detections_per_img=10, input_scale=2.0)
+    model = build_detector(cfg, 2, pretrained=False).eval()
+    rgb = (np.random.default_rng(0).random((40, 30, 3)) * 255).astype(np.uint8)
+    dets = predict_image(LoadedDetector(model, ["a", "b"], cfg, "t"), rgb)
+    tensor = scale_image(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, 2.0)
+    with torch.no_grad():
+        direct = model([tensor])[0]
+    np.testing.assert_allclose(dets.boxes * 2, direct["boxes"].double().numpy(), rtol=1e-6)
+    assert dets.boxes[:, 2].max() <= 30 + 1e-6 and dets.boxes[:, 3].max() <= 40 + 1e-6
+
+
+def test_hbb_regression_starts_off_the_relu_kink() -> None:
+    from rsvl.methods.vlm4rsdet.config import DetectorConfig
+    from rsvl.methods.vlm4rsdet.detector import build_detector
+
+    model = build_detector(DetectorConfig(backbone_weights=False), 2, pretrained=False)
+    assert torch.all(model.head.regression_head.bbox_reg.bias == 1.0)

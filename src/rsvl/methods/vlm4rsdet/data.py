@@ -30,7 +30,7 @@ from rsvl.methods.vlm4rsdet.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectionTrainSet", "ImageTargets", "read_rgb", "sample_targets"]
+__all__ = ["DetectionTrainSet", "ImageTargets", "read_rgb", "sample_targets", "scale_boxes", "scale_image"]
 
 
 @dataclass
@@ -84,6 +84,26 @@ def _instance_boxes(sample: Sample, box_type: str, index: dict[str, int], skip_d
 def sample_targets(sample: Sample, box_type: str, classes: list[str], skip_difficult: bool = False) -> ImageTargets:
     """One sample's boxes and label indices (ignored regions left out)."""
     return _instance_boxes(sample, box_type, {c: i for i, c in enumerate(classes)}, skip_difficult)
+
+
+def scale_image(image: Tensor, scale: float) -> Tensor:
+    """``(3, H, W)`` resized by ``scale`` (bilinear; antialiased when shrinking); unchanged at 1."""
+    if scale == 1:
+        return image
+    size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+    out = torch.nn.functional.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+    )
+    return out[0].clamp_(0, 1)
+
+
+def scale_boxes(boxes: Tensor | np.ndarray, scale: float) -> Tensor | np.ndarray:
+    """HBB ``xyxy`` or le90 boxes with every length multiplied by ``scale`` (angles unchanged)."""
+    if scale == 1:
+        return boxes
+    out = boxes.clone() if isinstance(boxes, Tensor) else boxes.copy()
+    out[:, :4] = out[:, :4] * scale
+    return out
 
 
 class _ImageCache:
@@ -169,16 +189,21 @@ class DetectionTrainSet:
             out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[pos]))
         return out
 
-    def batch(self, step: int, batch_size: int, seed: int) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        """Images (float 0..1) and targets of batch ``step`` (crops and flips seeded by the step)."""
+    def batch(
+        self, step: int, batch_size: int, seed: int, scale: float = 1.0
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        """Images (float 0..1) and targets of batch ``step`` (crops and flips seeded by the step).
+
+        ``scale`` resizes each crop and its boxes after cropping (the detector's ``input_scale``).
+        """
         rng = np.random.default_rng([seed, step, 1])
         images, targets = [], []
         for i in self.indices(step, batch_size, seed):
             image, tgt = self.crop(i, rng)
-            images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0))
-            targets.append(
-                {"boxes": torch.from_numpy(tgt.boxes).float(), "labels": torch.from_numpy(tgt.labels).long()}
-            )
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+            images.append(scale_image(tensor, scale))
+            boxes = scale_boxes(torch.from_numpy(tgt.boxes).float(), scale)
+            targets.append({"boxes": boxes, "labels": torch.from_numpy(tgt.labels).long()})
         return images, targets
 
     def crop(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, ImageTargets]:

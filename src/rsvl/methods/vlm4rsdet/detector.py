@@ -54,6 +54,10 @@ def build_detector(cfg: DetectorConfig, num_classes: int, *, pretrained: bool = 
             topk_candidates=cfg.topk_candidates,
         )
         model.transform = NativeSizeTransform(1, 1, list(mean), list(std), size_divisible=32)
+        # torchvision's FCOS regresses ReLU(conv) with a zero bias: every box starts as a point, on the
+        # ReLU's kink. Tiny objects push the outputs below zero early and the regression dies
+        # (GIoU loss stuck at exactly 1). Start at distances of one anchor size instead.
+        nn.init.constant_(model.head.regression_head.bbox_reg.bias, 1.0)
         return model
     from rsvl.models.rotated_fcos import RotatedFCOS
 

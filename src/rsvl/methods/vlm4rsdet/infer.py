@@ -29,7 +29,7 @@ from rsvl.io.merge import MergeConfig
 from rsvl.io.sliced import sliced_predict
 from rsvl.io.tiling import TileSpec
 from rsvl.methods.vlm4rsdet.config import DetectorConfig
-from rsvl.methods.vlm4rsdet.data import DetectionTrainSet
+from rsvl.methods.vlm4rsdet.data import DetectionTrainSet, scale_boxes, scale_image
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.metrics.report import EvalReport
 
@@ -94,13 +94,18 @@ def load_detector(path: str | os.PathLike[str], device: str = "cpu") -> LoadedDe
 
 @torch.inference_mode()
 def predict_image(detector: LoadedDetector, rgb: np.ndarray) -> Detections:
-    """Detections of one ``(H, W, 3)`` uint8 image, boxes in its pixels (HBB xyxy or le90 OBB)."""
+    """Detections of one ``(H, W, 3)`` uint8 image, boxes in its pixels (HBB xyxy or le90 OBB).
+
+    The image is resized by the detector's ``input_scale`` first and the boxes scaled back.
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InputError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
     device = next(detector.model.parameters()).device
     tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0).to(device)
-    out = detector.model([tensor])[0]
-    return Detections(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy())
+    scale = detector.config.input_scale
+    out = detector.model([scale_image(tensor, scale)])[0]
+    boxes = scale_boxes(out["boxes"].cpu().double().numpy(), 1.0 / scale)
+    return Detections(boxes, out["scores"].cpu().numpy(), out["labels"].cpu().numpy())
 
 
 def _predict_file(

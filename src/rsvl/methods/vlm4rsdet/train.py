@@ -219,7 +219,7 @@ def train(
                 lr = lr_at(step, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                images, targets = data.batch(step, cfg.optim.batch_size, cfg.seed)
+                images, targets = data.batch(step, cfg.optim.batch_size, cfg.seed, cfg.detector.input_scale)
                 images = [im.to(cfg.device) for im in images]
                 targets = [{k: v.to(cfg.device) for k, v in t.items()} for t in targets]
                 losses = model(images, targets)

@@ -88,17 +88,9 @@ def _configure_logging(level: int) -> None:
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rsvl.utils.progress import progress_bar
 
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=_State.quiet,
-    )
+    return progress_bar(not _State.quiet, console=err_console)
 
 
 @app.command()

@@ -213,15 +213,9 @@ def _lvis_frequency(cats: list[Category], samples: list[Sample]) -> None:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rsvl.utils.progress import progress_bar
 
-    return Progress(
-        TextColumn("[bold]SynthRS[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
+    return progress_bar(enabled, label="[bold]SynthRS[/]", transient=False)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:

@@ -30,6 +30,7 @@ from rsvl.methods.vlm4rsdet.model import VLM4RSDet, export_detector
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json, write_text
 from rsvl.utils.config import to_yaml
+from rsvl.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def train(
     count = 0
     done = start  # steps whose optimiser update has been applied
     try:
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task(f"training {cfg.name}", total=cfg.optim.steps, completed=start)
             for step in range(start, cfg.optim.steps):
                 lr = lr_at(step, cfg)
@@ -279,18 +280,3 @@ def _check_device(device: str) -> None:
         raise InputError(f"device {device!r} requested but no CUDA GPU is available (use device: cpu)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {device!r} requested but MPS is not available (use device: cpu)")
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from rsvl.errors import InputError
+from rsvl.utils.checkpoint import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ def load_lite_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         InputError: the file is unreadable, not a torch checkpoint, or not a flat name -> tensor mapping.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"not a readable PyTorch checkpoint (corrupt or truncated?): {exc}", path) from exc
+    state = read_torch_file(path, "EfficientNet-Lite checkpoint")
     if not isinstance(state, Mapping):
         raise InputError(f"expected a state dict (name -> tensor), got {type(state).__name__}", path)
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]

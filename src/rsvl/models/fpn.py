@@ -23,6 +23,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from rsvl.errors import InputError
 from rsvl.models.backbones import LITE0_MEAN, LITE0_STD, efficientnet_lite0
+from rsvl.utils.checkpoint import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +119,7 @@ def resnet50_fpn(
     net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     if weights is not None:
         path = Path(weights)
-        if not path.is_file():
-            raise InputError("ResNet-50 weights file not found", path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"cannot read ResNet-50 weights: {exc}", path) from exc
+        state = read_torch_file(path, "ResNet-50 weights file")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]

@@ -32,6 +32,7 @@ from rsvl.methods.vlm4rsdet.config import DetectorConfig
 from rsvl.methods.vlm4rsdet.data import DetectionTrainSet, scale_boxes, scale_image
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.metrics.report import EvalReport
+from rsvl.utils.checkpoint import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,7 @@ def load_detector(path: str | os.PathLike[str], device: str = "cpu") -> LoadedDe
     from rsvl.methods.vlm4rsdet.train import DETECTOR_FORMAT
 
     file = Path(path)
-    if not file.is_file():
-        raise InputError("detector checkpoint not found", file)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"cannot read the detector checkpoint: {exc}", file) from None
+    payload = read_torch_file(file, "detector checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
         raise InputError(f"not an rsvl VLM4RSDet detector (expected format {DETECTOR_FORMAT!r})", file)
     try:

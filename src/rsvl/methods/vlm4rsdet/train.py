@@ -29,6 +29,7 @@ from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.methods.vlm4rsdet.model import VLM4RSDet, export_detector
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json, write_text
+from rsvl.utils.checkpoint import read_torch_file
 from rsvl.utils.config import to_yaml
 from rsvl.utils.progress import progress_bar
 
@@ -152,8 +153,8 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg_yaml: str) -> int:
+    state = read_torch_file(path, "training checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         same = _comparable(state["config"]) == _comparable(cfg_yaml)
     except Exception as exc:
         raise InputError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}); use --no-resume", path) from None

@@ -25,6 +25,7 @@ from rsvl.errors import InputError
 from rsvl.geometry.boxes import obb_to_hbb, obb_to_poly
 from rsvl.io import RasterSource
 from rsvl.io.detections import Detections
+from rsvl.io.georef import GeoRef
 from rsvl.io.merge import MergeConfig
 from rsvl.io.sliced import sliced_predict
 from rsvl.io.tiling import TileSpec
@@ -106,9 +107,11 @@ def predict_image(detector: LoadedDetector, rgb: np.ndarray) -> Detections:
 
 def _predict_file(
     detector: LoadedDetector, path: Path, tile: int, overlap: int, progress: bool
-) -> tuple[Detections, int, int]:
+) -> tuple[Detections, int, int, GeoRef | None]:
+    """Detections of one image file, its size, and its georeferencing (None when it has none)."""
     with RasterSource(path) as src:
         width, height = src.width, src.height
+        georef = src.georef if src.is_georeferenced else None
         if width == 0 or height == 0:
             raise InputError("the image is empty", path)
         if width <= tile and height <= tile:  # one pass; larger images are tiled
@@ -122,7 +125,7 @@ def _predict_file(
                 MergeConfig(threshold=detector.config.nms_thresh),
                 progress=progress,
             )
-    return dets, width, height
+    return dets, width, height, georef
 
 
 def detections_to_instances(dets: Detections, classes: Sequence[str]) -> list[Instance]:
@@ -165,7 +168,7 @@ def evaluate_detector(
         model = LoadedDetector(model.eval(), dataset.classes, cfg, "detector")
     preds = []
     for sample in dataset.samples:
-        dets, width, height = _predict_file(model, sample.image_path, tile, overlap, progress=False)
+        dets, width, height, _ = _predict_file(model, sample.image_path, tile, overlap, progress=False)
         preds.append(
             Sample(
                 sample.image,
@@ -233,15 +236,13 @@ def detect_files(
     by_stem: dict[str, list[Instance]] = {}
     images = []
     for image_id, f in zip(ids, files, strict=True):
-        dets, width, height = _predict_file(detector, f, tile, overlap, progress)
+        dets, width, height, georef = _predict_file(detector, f, tile, overlap, progress)
         logger.info("%s: %d detections", f, len(dets))
         instances = detections_to_instances(dets, detector.classes)
         by_id[image_id] = instances
         by_stem[f.stem] = instances
         images.append({"id": image_id, "file_name": str(f), "width": width, "height": height})
         if "geojson" in formats:
-            with RasterSource(f) as src:
-                georef = src.georef if src.is_georeferenced else None
             named = dets.with_class_names(detector.classes)
             written["geojson"].append(write_detections(out / f"{f.stem}.geojson", named, georef))
     categories = [Category(i + 1, name) for i, name in enumerate(detector.classes)]

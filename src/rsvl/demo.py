@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from rsvl.data import sample_path
 from rsvl.geometry import box_iou, hbb_to_poly, min_area_rect, obb_to_poly, rotated_iou
 from rsvl.io import Detections, MergeConfig, RasterSource, TileSpec, iter_windows, merge_detections
 from rsvl.io.cropping import crop_to_window
+from rsvl.io.overlay import draw_overlay, save_png
 from rsvl.io.vector import write_geojson
-from rsvl.utils.atomic import atomic_path, write_json
+from rsvl.utils.atomic import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,8 @@ def _deepforest_boxes(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _draw(image: np.ndarray, polygons: np.ndarray, colour: tuple[int, int, int], path: Path) -> None:
-    pil = Image.fromarray(image)
-    draw = ImageDraw.Draw(pil)
-    for poly in polygons:
-        pts = [(float(x), float(y)) for x, y in poly.reshape(-1, 2)]
-        draw.polygon(pts, outline=colour, width=2)
-    with atomic_path(path) as tmp:
-        pil.save(tmp, format="PNG")
+    boxes = [poly.reshape(-1) for poly in polygons]
+    save_png(path, draw_overlay(image, boxes=boxes, box_colour=colour))
 
 
 def _buildings(out: Path, report: DemoReport, summary: dict) -> None:

@@ -33,6 +33,8 @@ __all__ = [
     "PIXEL_CRS_WKT",
     "detection_rings",
     "detections_to_geojson",
+    "feature_collection",
+    "mask_geometry",
     "write_detections",
     "write_geojson",
     "write_gpkg",
@@ -86,6 +88,62 @@ def _crs_member(ref: GeoRef | None, on_map: bool) -> dict[str, Any]:
     return {"type": "name", "properties": {"name": name}}
 
 
+def _oriented(ring: np.ndarray, counter_clockwise: bool) -> list[list[float]]:
+    x, y = ring[:, 0], ring[:, 1]
+    signed = float((x[:-1] * y[1:] - x[1:] * y[:-1]).sum())
+    if (signed > 0) != counter_clockwise:
+        ring = ring[::-1]
+    return ring.tolist()
+
+
+def mask_geometry(
+    mask: np.ndarray, georef: GeoRef | Any | None = None, pixel_scale: tuple[float, float] = (1.0, 1.0)
+) -> tuple[dict[str, Any] | None, bool]:
+    """A bool mask as a GeoJSON ``MultiPolygon`` (pixel edges traced by ``rasterio.features.shapes``).
+
+    Args:
+        mask: ``(h, w)`` bool, True inside.
+        georef: the image's georeferencing (map coordinates when georeferenced, else pixels).
+        pixel_scale: size of one mask pixel in image pixels ``(sx, sy)``, for masks computed on a
+            reduced copy of the image.
+
+    Returns:
+        ``(geometry, on_map)``; geometry is None for an empty mask. Exteriors are counter-clockwise
+        and holes clockwise in output coordinates (RFC 7946).
+    """
+    from affine import Affine
+    from rasterio.features import shapes
+
+    ref = _georef(georef)
+    on_map = ref is not None and ref.is_georeferenced
+    scale = Affine.scale(float(pixel_scale[0]), float(pixel_scale[1]))
+    transform = ref.transform @ scale if on_map else scale  # type: ignore[union-attr]
+    mask = np.asarray(mask, dtype=bool)
+    polygons = []
+    for geom, value in shapes(mask.astype(np.uint8), mask=mask, connectivity=8, transform=transform):
+        if value != 1:
+            continue
+        rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
+        polygons.append([_oriented(rings[0], True)] + [_oriented(r, False) for r in rings[1:]])
+    if not polygons:
+        return None, on_map
+    return {"type": "MultiPolygon", "coordinates": polygons}, on_map
+
+
+def feature_collection(
+    features: list[dict[str, Any]], georef: GeoRef | Any | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """A FeatureCollection with the ``crs`` member of the image (map CRS, or the pixel CRS)."""
+    ref = _georef(georef)
+    on_map = ref is not None and ref.is_georeferenced
+    collection: dict[str, Any] = {"type": "FeatureCollection"}
+    if name:
+        collection["name"] = name
+    collection["crs"] = _crs_member(ref, on_map)
+    collection["features"] = features
+    return collection
+
+
 def _attributes(dets: Detections, class_names: Sequence[str] | None, on_map: bool) -> dict[str, list[Any]]:
     return {
         "label": [int(v) for v in dets.labels],
@@ -122,12 +180,7 @@ def detections_to_geojson(
         }
         for i in range(len(dets))
     ]
-    collection: dict[str, Any] = {"type": "FeatureCollection"}
-    if name:
-        collection["name"] = name
-    collection["crs"] = _crs_member(ref, on_map)
-    collection["features"] = features
-    return collection
+    return feature_collection(features, ref, name)
 
 
 def write_geojson(

@@ -425,6 +425,104 @@ def detect(
         console.print(f"{fmt}: {shown}")
 
 
+@app.command()
+@_fails_cleanly
+def ground(
+    image: Annotated[Path | None, typer.Argument(help="An image or GeoTIFF (omit with --dataset).")] = None,
+    expression: Annotated[str | None, typer.Argument(help='The referring expression, e.g. "the white plane".')] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("grounding"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML (configs/zeroov/).")] = None,
+    vlm_path: Annotated[Path | None, typer.Option(help="Local Qwen2.5-VL folder (transformers format).")] = None,
+    sd_path: Annotated[Path | None, typer.Option(help="Local Stable Diffusion 1.x folder (diffusers format).")] = None,
+    sam_path: Annotated[Path | None, typer.Option(help="Local SAM folder: refine masks with the box.")] = None,
+    focus: Annotated[
+        str | None,
+        typer.Option(help="Focus provider: stable_diffusion, lite0_affinity or none (default: SD with --sd-path)."),
+    ] = None,
+    fusion: Annotated[str | None, typer.Option(help="cosine or weighted_sum.")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Allow tiny random models where no weights are given.")] = False,
+    device: Annotated[str | None, typer.Option(help="torch device for every model.")] = None,
+    max_side: Annotated[int, typer.Option(help="Ground larger images on a copy this long on its long side.")] = 1024,
+    dataset: Annotated[str | None, typer.Option(help="Batch mode: a dataset format (rrsisd).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Batch mode: the dataset root.")] = None,
+    split: Annotated[str | None, typer.Option(help="Batch mode: only this split (e.g. test).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Batch mode: stop after this many expressions.")] = None,
+    all_sentences: Annotated[
+        bool, typer.Option("--all-sentences", help="Batch mode: every sentence of a reference is an item.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Batch mode: keep earlier results.")] = True,
+    preset: Annotated[str, typer.Option(help="Batch mode: grounding preset of the scores.")] = "zeroov",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: --set evolve.tau=0.25 (repeatable).")
+    ] = None,
+) -> None:
+    """Training-free referring grounding (RSVG-ZeroOV): an expression -> mask + box (+ GeoJSON)."""
+    from rsvl.methods.zeroov.config import ZeroOVConfig
+    from rsvl.methods.zeroov.infer import ground_dataset, ground_file
+    from rsvl.methods.zeroov.pipeline import ZeroOVGrounder, check_weights
+    from rsvl.utils.config import load_config
+
+    if dataset is None and (image is None or expression is None):
+        raise InputError("give IMAGE and EXPRESSION, or --dataset with --root")
+    if dataset is not None and (root is None or image is not None):
+        raise InputError("--dataset needs --root and takes no IMAGE/EXPRESSION arguments")
+    sets = list(overrides or [])
+    for key, value in (("overview.path", vlm_path), ("focus.path", sd_path), ("refine.path", sam_path)):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    if sam_path is not None:
+        sets.append("refine.sam=true")
+    if focus is not None:
+        sets.append(f"focus.provider={focus}")
+    elif sd_path is None and config is None:
+        sets.append("focus.provider=lite0_affinity")
+    if fusion is not None:
+        sets.append(f"fusion.mode={fusion}")
+    if tiny:
+        sets.append("refine.tiny=true")
+    if device is not None:
+        sets += [f"overview.device={device}", f"focus.device={device}", f"refine.device={device}"]
+    cfg = load_config(ZeroOVConfig, config, sets)
+    random_stages = check_weights(cfg, allow_random=tiny)
+    for stage in random_stages:
+        err_console.print(f"[yellow]warning:[/] tiny random model for {stage.split(':')[0]}", highlight=False)
+    grounder = ZeroOVGrounder(cfg)
+    if dataset is not None:
+        assert root is not None
+        summary = ground_dataset(
+            grounder,
+            dataset,
+            root,
+            out,
+            split=split,
+            limit=limit,
+            all_sentences=all_sentences,
+            resume=resume,
+            preset=preset,
+            max_side=max_side,
+            progress=not _State.quiet,
+        )
+        table = Table(title=f"grounding / {preset} ({summary['n']} expressions, {summary['new']} new)")
+        table.add_column("metric")
+        for kind in ("box", "mask"):
+            if summary[kind] is not None:
+                table.add_column(kind, justify="right")
+        keys = list(summary["box"]["metrics"])
+        for key in keys:
+            row = [f"{summary[k]['metrics'][key]:.4f}" for k in ("box", "mask") if summary[k] is not None]
+            table.add_row(key, *row)
+        console.print(table)
+        console.print(f"results in [bold]{out}[/] (eval.json, boxes.json, masks.json, predictions.jsonl)")
+        return
+    assert image is not None and expression is not None
+    record = ground_file(grounder, image, expression, out, max_side=max_side)
+    box = ", ".join(f"{v:.1f}" for v in record["box_xyxy"])
+    note = f" (fallback: {record['fallback']})" if record["fallback"] else ""
+    console.print(f"box xyxy [{box}] score {record['score']:.3f}{note}", highlight=False)
+    for kind, path in record["outputs"].items():
+        console.print(f"{kind}: {path}", highlight=False)
+
+
 def _benchmarks_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:

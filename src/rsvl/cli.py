@@ -466,6 +466,11 @@ def ground(
         raise InputError("give IMAGE and EXPRESSION, or --dataset with --root")
     if dataset is not None and (root is None or image is not None):
         raise InputError("--dataset needs --root and takes no IMAGE/EXPRESSION arguments")
+    if dataset is None:
+        batch_only = {"--root": root, "--split": split, "--limit": limit, "--all-sentences": all_sentences or None}
+        given = [flag for flag, value in batch_only.items() if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --dataset")
     sets = list(overrides or [])
     for key, value in (("overview.path", vlm_path), ("focus.path", sd_path), ("refine.path", sam_path)):
         if value is not None:

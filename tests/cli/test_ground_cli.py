@@ -59,6 +59,11 @@ def test_ground_refuses_random_models_without_tiny(tmp_path, picture):
         ["--dataset", "rrsisd"],  # dataset without root
         ["--focus", "telepathy"],  # unknown provider
         ["--fusion", "product"],  # unknown fusion mode
+        ["--device", "cuda:7"],  # a GPU this machine does not have
+        ["--device", "toaster"],  # not a device at all
+        ["--limit", "3"],  # a batch-mode option without --dataset
+        ["--set", "overview.max_pixels=0"],  # the processor would crash
+        ["--set", "overview.min_pixels=900000"],  # above max_pixels
     ],
 )
 def test_ground_usage_errors_exit_2(tmp_path, picture, args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,7 +169,8 @@ def test_ground_file_writes_mask_overlay_json_and_geojson(tmp_path):
     saved = json.loads((out / "scene.json").read_text())
     assert saved["box_xyxy"] == record["box_xyxy"] and saved["crs"] == "EPSG:32633"
     x1, y1, x2, y2 = saved["box_xyxy"]
-    assert saved["box_map"] == pytest.approx([*(transform @ (x1, y1)), *(transform @ (x2, y2))])
+    (left, top), (right, bottom) = transform @ (x1, y1), transform @ (x2, y2)  # north-up: y falls downwards
+    assert saved["box_map"] == pytest.approx([left, bottom, right, top])
     gj = json.loads((out / "scene.geojson").read_text())
     assert gj["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
     kinds = [f["properties"]["kind"] for f in gj["features"]]
@@ -190,6 +192,8 @@ def test_large_images_are_grounded_decimated_and_boxes_mapped_back(tmp_path):
     record = ground_file(grounder, tmp_path / "big.png", "x", tmp_path / "o", max_side=64)
     res = grounder.ground(read.image, "x")
     assert record["box_xyxy"] == pytest.approx([v * 4 for v in res.box])
+    expected = [[(c + 0.5) * 4, (r + 0.5) * 4] for r, c in res.seeds]
+    assert np.allclose(record["seeds_xy"], expected) and len(expected) > 0
     assert not (tmp_path / "o" / "big.geojson").exists() and "crs" not in record
     with pytest.raises(InputError):
         read_image(tmp_path / "missing.png")
@@ -241,10 +245,88 @@ def test_ground_dataset_scores_and_resumes(tmp_path, synth_refs):
     jsonl.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
     with pytest.raises(DatasetError, match=r"predictions.jsonl:2"):
         ground_dataset(grounder, "rrsisd", root, out, progress=False)
-    # predictions of other items are refused; --no-resume starts over
+    # --no-resume starts over
     assert ground_dataset(grounder, "rrsisd", root, out, resume=False, limit=1, progress=False)["new"] == 1
-    with pytest.raises(InputError, match="not items of this run"):
+    assert not (out / "eval.json").exists() or json.loads((out / "eval.json").read_text())["n"] == 1
+
+
+def test_resume_refuses_predictions_of_other_settings_items_or_expressions(tmp_path, synth_refs):
+    root, points, _ = synth_refs
+    grounder = ZeroOVGrounder(no_focus(), overview=PointOverview(points, sigma=0.5))
+    out = tmp_path / "run"
+    ground_dataset(grounder, "rrsisd", root, out, limit=2, progress=False)
+    other = no_focus()
+    other.evolve.tau = 0.9
+    changed = ZeroOVGrounder(other, overview=PointOverview(points, sigma=0.5))
+    with pytest.raises(InputError, match=r"made with other.*settings"):
+        ground_dataset(changed, "rrsisd", root, out, progress=False)
+    with pytest.raises(InputError, match="other all_sentences"):
         ground_dataset(grounder, "rrsisd", root, out, all_sentences=True, progress=False)
+    with pytest.raises(InputError, match="other max_side"):
+        ground_dataset(grounder, "rrsisd", root, out, max_side=64, progress=False)
+    jsonl = out / "predictions.jsonl"
+    good = jsonl.read_text()
+    records = [json.loads(line) for line in good.splitlines()]
+    records[0]["expression"] = "something else"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError, match="another expression"):
+        ground_dataset(grounder, "rrsisd", root, out, progress=False)
+    records[0]["id"] = "no-such-ref"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError, match="not items of this run"):
+        ground_dataset(grounder, "rrsisd", root, out, progress=False)
+    (out / "run.json").unlink()
+    with pytest.raises(InputError, match="unknown settings"):
+        ground_dataset(grounder, "rrsisd", root, out, progress=False)
+    assert ground_dataset(changed, "rrsisd", root, out, resume=False, progress=False)["new"] > 2
+
+
+def test_dataset_image_of_another_size_than_its_annotation_is_refused(tmp_path, synth_refs):
+    import shutil
+
+    from rsvl.datasets import get_format
+
+    root, points, _ = synth_refs
+    copy = tmp_path / "rr"
+    shutil.copytree(root, copy)
+    first = next(s for s in get_format("rrsisd").open(copy) if s.refs)
+    Image.open(first.image_path).resize((40, 40)).save(first.image_path)
+    grounder = ZeroOVGrounder(no_focus(), overview=PointOverview(points, sigma=0.5))
+    with pytest.raises(DatasetError, match=r"40 x 40 but its annotation says") as err:
+        ground_dataset(grounder, "rrsisd", copy, tmp_path / "o", progress=False)
+    assert Path(first.image_path).name in str(err.value)
+
+
+def test_nodata_pixels_stay_out_of_the_mask_and_all_nodata_is_refused(tmp_path):
+    img, _ = scene()
+    profile = dict(driver="GTiff", width=128, height=96, count=3, dtype="uint8", nodata=0, crs="EPSG:32633")
+    profile["transform"] = Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0)
+    img[:, 56:64] = 0  # a nodata stripe through the object
+    with rasterio.open(tmp_path / "nd.tif", "w", **profile) as dst:
+        dst.write(img.transpose(2, 0, 1))
+    read = read_image(tmp_path / "nd.tif")
+    assert read.valid is not None and not read.valid[:, 56:64].any()
+    grounder = ZeroOVGrounder(no_focus(), overview=PointOverview({"x": (56.0, 48.0)}, sigma=3.0))
+    record = ground_file(grounder, tmp_path / "nd.tif", "x", tmp_path / "o")
+    mask = np.asarray(Image.open(tmp_path / "o" / "nd.mask.png")) > 0
+    assert record["mask_pixels"] > 0 and not mask[:, 56:64].any()
+    with rasterio.open(tmp_path / "empty.tif", "w", **profile) as dst:
+        dst.write(np.zeros((3, 96, 128), dtype=np.uint8))
+    with pytest.raises(InputError, match="no valid pixel") as err:
+        read_image(tmp_path / "empty.tif")
+    assert "empty.tif" in str(err.value)
+
+
+def test_singular_geotransform_is_refused(tmp_path):
+    img, _ = scene()
+    with rasterio.open(
+        tmp_path / "flat.tif", "w", driver="GTiff", width=128, height=96, count=3, dtype="uint8",
+        crs="EPSG:32633", transform=Affine(0, 0, 500000.0, 0, 0, 4100000.0),
+    ) as dst:  # fmt: skip
+        dst.write(img.transpose(2, 0, 1))
+    with pytest.raises(InputError, match="singular") as err:
+        read_image(tmp_path / "flat.tif")
+    assert "flat.tif" in str(err.value)
 
 
 def test_all_sentences_are_separate_items(tmp_path, synth_refs):

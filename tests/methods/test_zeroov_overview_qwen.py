@@ -107,6 +107,8 @@ def test_invalid_input_raises(tiny, image):
         ov.cross_attention(image, "the <|image_pad|> tank")
     with pytest.raises(InputError, match="uint8"):
         ov.cross_attention(image.astype(np.float32), EXPRESSION)
+    with pytest.raises(InputError, match="aspect ratio"):  # transformers' smart_resize would raise ValueError
+        ov.cross_attention(np.zeros((2, 600, 3), dtype=np.uint8), EXPRESSION)
 
 
 def test_saved_model_loads_through_the_registry_with_the_same_map(tiny, image, tmp_path):

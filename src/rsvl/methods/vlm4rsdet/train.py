@@ -31,6 +31,7 @@ from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json, write_text
 from rsvl.utils.checkpoint import read_torch_file
 from rsvl.utils.config import to_yaml
+from rsvl.utils.device import check_device
 from rsvl.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def train(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("the run folder is an existing file", out)
-    _check_device(cfg.device)
+    check_device(cfg.device)
     if cfg.optim.threads:
         torch.set_num_threads(cfg.optim.threads)
     data = DetectionTrainSet(cfg.data, cfg.detector.box_type)
@@ -271,13 +272,3 @@ def train(
     return TrainResult(out, cfg.optim.steps, seconds, det_path, history, report)
 
 
-def _check_device(device: str) -> None:
-    """Refuse a device this machine does not have before any work is done."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown torch device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but no CUDA GPU is available (use device: cpu)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {device!r} requested but MPS is not available (use device: cpu)")

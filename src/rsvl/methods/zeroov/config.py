@@ -37,8 +37,8 @@ class OverviewConfig(StrictModel):
     layers: list[int] = Field(default_factory=lambda: [16, 17, 18, 19])
     layer_weights: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.3, 0.5])
     query: Literal["expression_end", "prompt_end"] = "expression_end"
-    min_pixels: int | None = None
-    max_pixels: int | None = 1024 * 28 * 28
+    min_pixels: int | None = Field(default=None, ge=28 * 28)
+    max_pixels: int | None = Field(default=1024 * 28 * 28, ge=28 * 28)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -50,6 +50,8 @@ class OverviewConfig(StrictModel):
             raise ValueError(f"layer weights must be non-negative with a positive sum: {self.layer_weights}")
         if any(i < 0 for i in self.layers):
             raise ValueError(f"layer indices must be >= 0: {self.layers}")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
         return self
 
 

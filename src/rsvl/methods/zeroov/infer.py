@@ -56,6 +56,7 @@ class GroundedImage:
     georef: GeoRef
     scale: tuple[float, float]  # original pixels per working pixel (x, y)
     path: Path
+    valid: np.ndarray | None = None  # (h, w) bool at working size; None = every pixel valid
 
     @property
     def full_size(self) -> tuple[int, int]:
@@ -71,10 +72,15 @@ def read_image(path: str | os.PathLike[str], max_side: int = DEFAULT_MAX_SIDE) -
         if min(src.width, src.height) < 1:
             raise InputError("the image is empty", src.path)
         shape = src.overview_shape(max_side)
-        image, _valid = src.read_display(src.full_window, out_shape=shape, resampling="bilinear")
+        image, valid = src.read_display(src.full_window, out_shape=shape, resampling="bilinear")
         georef = src.georef
         scale = (src.width / shape[1], src.height / shape[0])
-    return GroundedImage(np.ascontiguousarray(image), georef, scale, Path(path))
+    if not valid.any():
+        raise InputError("the image has no valid pixel (all nodata or NaN)", path)
+    t = georef.transform
+    if georef.is_georeferenced and not (np.isfinite(list(t)[:6]).all() and abs(t.determinant) > 0):
+        raise InputError(f"the geotransform {tuple(t)[:6]} is singular or not finite", path)
+    return GroundedImage(np.ascontiguousarray(image), georef, scale, Path(path), None if valid.all() else valid)
 
 
 def _full_box(result: GroundingResult, scale: tuple[float, float]) -> list[float]:
@@ -85,6 +91,7 @@ def _full_box(result: GroundingResult, scale: tuple[float, float]) -> list[float
 def result_record(result: GroundingResult, read: GroundedImage, expression: str) -> dict[str, Any]:
     """The JSON description of one grounding (box in original pixels; map box when georeferenced)."""
     box = _full_box(result, read.scale)
+    sx, sy = read.scale
     record: dict[str, Any] = {
         "image": str(read.path),
         "expression": expression,
@@ -95,15 +102,17 @@ def result_record(result: GroundingResult, read: GroundedImage, expression: str)
         "mask_scale": [read.scale[0], read.scale[1]],
         "fallback": result.fallback,
         "refined": result.refined,
-        "seeds_xy": [[int(c), int(r)] for r, c in result.seeds],
+        "seeds_xy": [[round(float(c + 0.5) * sx, 2), round(float(r + 0.5) * sy, 2)] for r, c in result.seeds],
         "providers": result.providers,
         "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
         "image_size": list(read.full_size),
     }
     if read.georef.is_georeferenced:
-        corners = read.georef.pixel_to_map([[box[0], box[1]], [box[2], box[3]]])
+        x1, y1, x2, y2 = box
+        corners = read.georef.pixel_to_map([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
         record["crs"] = read.georef.crs_name
-        record["box_map"] = [float(v) for v in corners.reshape(-1)]
+        # the envelope of the box's four corners in map coordinates: (xmin, ymin, xmax, ymax)
+        record["box_map"] = [float(v) for v in (*corners.min(axis=0), *corners.max(axis=0))]
     return record
 
 
@@ -137,7 +146,7 @@ def ground_file(
     """Ground ``expression`` in the image at ``path`` and write the outputs; returns the JSON record
     with an ``outputs`` entry listing the files written."""
     read = read_image(path, max_side)
-    result = grounder.ground(read.image, expression)
+    result = grounder.ground(read.image, expression, read.valid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = name or read.path.stem
@@ -261,8 +270,11 @@ def ground_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "predictions.jsonl"
-    if not resume and jsonl.exists():
-        jsonl.unlink()
+    if not resume:
+        for old in (jsonl, out / RUN_FILE, out / "boxes.json", out / "masks.json", out / "eval.json"):
+            old.unlink(missing_ok=True)
+    run = _run_fingerprint(grounder, format_name, root, all_sentences, max_side)
+    _check_run(out, run, jsonl.exists())
     done = _read_done(jsonl)
     wanted = {key for _, key, _, _ in items}
     stale = sorted(set(done) - wanted)
@@ -272,6 +284,9 @@ def ground_dataset(
             "output folder or --no-resume",
             jsonl,
         )
+    for _, key, expression, _ in items:
+        if key in done and done[key].get("expression") != expression:
+            raise InputError(f"earlier prediction {key!r} answers another expression; use --no-resume", jsonl)
     todo = [item for item in items if item[1] not in done]
     new = 0
     cache: tuple[Any, GroundedImage] | None = None
@@ -279,9 +294,9 @@ def ground_dataset(
         task = bar.add_task("expressions", total=len(items), completed=len(items) - len(todo))
         for sample, key, expression, _ in todo:
             if cache is None or cache[0] is not sample:
-                cache = (sample, read_image(sample.image_path, max_side))
+                cache = (sample, _read_sample_image(sample, max_side))
             read = cache[1]
-            result = grounder.ground(read.image, expression)
+            result = grounder.ground(read.image, expression, read.valid)
             record = result_record(result, read, expression)
             record["id"] = key
             record["image"] = sample.image
@@ -311,6 +326,55 @@ def ground_dataset(
     outputs["eval"] = write_json(out / "eval.json", summary)
     summary["outputs"] = {k: str(v) for k, v in outputs.items()}
     return summary
+
+
+RUN_FILE = "run.json"
+
+
+def _run_fingerprint(
+    grounder: ZeroOVGrounder, format_name: str, root: str | os.PathLike[str], all_sentences: bool, max_side: int
+) -> dict[str, Any]:
+    """What decides every prediction of a batch run: data, settings, providers, working size."""
+    return {
+        "format": format_name,
+        "root": str(Path(root).resolve()),
+        "all_sentences": all_sentences,
+        "max_side": max_side,
+        "settings": grounder.config.model_dump(mode="json"),
+        "providers": grounder.describe(),
+    }
+
+
+def _check_run(out: Path, run: dict[str, Any], has_predictions: bool) -> None:
+    """Refuse to resume predictions made with other settings; record this run's otherwise."""
+    path = out / RUN_FILE
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DatasetError("not a JSON run description; use --no-resume to start over", path) from None
+        if has_predictions and earlier != run:
+            keys = sorted(k for k in set(run) | set(earlier) if run.get(k) != earlier.get(k))
+            raise InputError(
+                f"the predictions in this folder were made with other {', '.join(keys)}; use another output "
+                "folder or --no-resume",
+                path,
+            )
+    elif has_predictions:
+        raise InputError(f"predictions without a {RUN_FILE} (unknown settings); use --no-resume", path)
+    write_json(path, run)
+
+
+def _read_sample_image(sample: Any, max_side: int) -> GroundedImage:
+    """A dataset image, refused when its size differs from the annotation's (the masks would not fit)."""
+    read = read_image(sample.image_path, max_side)
+    if sample.width is not None and sample.height is not None and read.full_size != (sample.width, sample.height):
+        width, height = read.full_size
+        raise DatasetError(
+            f"image is {width} x {height} but its annotation says {sample.width} x {sample.height}",
+            sample.image_path,
+        )
+    return read
 
 
 def _full_mask(mask: np.ndarray, read: GroundedImage) -> np.ndarray:

@@ -42,6 +42,9 @@ from rsvl.models.qwen2_5_vl import load_qwen2_5_vl, tiny_qwen2_5_vl
 
 logger = logging.getLogger(__name__)
 
+#: transformers' ``smart_resize`` raises for images whose long side is this many times the short.
+MAX_ASPECT = 200
+
 __all__ = ["DEFAULT_INSTRUCTION", "QUERY_MODES", "QwenVLOverview", "build_qwen_overview"]
 
 #: Text before the expression in the user turn.
@@ -184,6 +187,12 @@ class QwenVLOverview:
         :class:`InputError`.
         """
         image = check_image(image)
+        h, w = image.shape[:2]
+        if max(h, w) / min(h, w) >= MAX_ASPECT:
+            raise InputError(
+                f"the image is {w} x {h}: Qwen2-VL's processor refuses aspect ratios of {MAX_ASPECT} and more; "
+                "crop it to the area of interest"
+            )
         expression = " ".join(str(expression).split())
         if not expression:
             raise InputError("the referring expression is empty")

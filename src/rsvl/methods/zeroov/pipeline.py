@@ -35,6 +35,7 @@ from rsvl.methods.zeroov.providers import (
     OverviewProvider,
     check_image,
 )
+from rsvl.utils.device import check_device
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ class ZeroOVGrounder:
         evolve_stage: bool = True,
     ) -> None:
         self.config = config or ZeroOVConfig()
+        for section, built in (("overview", overview), ("focus", focus), ("refine", refiner)):
+            if built is None:
+                check_device(getattr(self.config, section).device)
         if overview is None or (focus is None and self.config.focus.provider != NO_FOCUS):
             load_providers()
         self.overview = overview or OVERVIEW_PROVIDERS.get(self.config.overview.provider)(self.config.overview)
@@ -170,12 +174,22 @@ class ZeroOVGrounder:
             "evolve": self.config.evolve.model_dump() if self.evolve_stage else None,
         }
 
-    def ground(self, image: np.ndarray, expression: str) -> GroundingResult:
-        """Ground ``expression`` in ``image`` ((H, W, 3) uint8 RGB)."""
+    def ground(self, image: np.ndarray, expression: str, valid: np.ndarray | None = None) -> GroundingResult:
+        """Ground ``expression`` in ``image`` ((H, W, 3) uint8 RGB).
+
+        ``valid`` (``(H, W)`` bool, e.g. a raster's nodata mask) keeps the mask off invalid pixels:
+        the fused map is zero there before seeds grow.
+        """
         image = check_image(image)
         if not expression or not expression.strip():
             raise InputError("the referring expression is empty")
         shape = image.shape[:2]
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            if valid.shape != shape:
+                raise InputError(f"valid mask of shape {valid.shape} does not match the image's {shape}")
+            if not valid.any():
+                raise InputError("the image has no valid pixel (all nodata)")
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         cross = self.overview.cross_attention(image, expression)
@@ -193,6 +207,8 @@ class ZeroOVGrounder:
             fused_grid = normalise(cross.map)
         t0 = time.perf_counter()
         fused = normalise(resize_map(fused_grid, shape))
+        if valid is not None:
+            fused = np.where(valid, fused, np.float32(0.0))
         cross_img = normalise(resize_map(cross.map, shape))
         mask, seeds, fallback = self._evolve(fused, cross)
         seconds["evolve"] = time.perf_counter() - t0
@@ -203,8 +219,9 @@ class ZeroOVGrounder:
             t0 = time.perf_counter()
             out = self.refiner.refine(image, box)
             seconds["refine"] = time.perf_counter() - t0
-            if out.mask.any():
-                mask, refined = out.mask, True
+            refined_mask = out.mask if valid is None else out.mask & valid
+            if refined_mask.any():
+                mask, refined = refined_mask, True
                 box = mask_box(mask)
         if box is None:
             fallback = "whole_image"

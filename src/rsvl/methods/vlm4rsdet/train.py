@@ -270,5 +270,3 @@ def train(
         report = evaluate_detector(loaded, val, cfg.preset, progress=progress)
         write_json(out / "eval.json", report.to_dict())
     return TrainResult(out, cfg.optim.steps, seconds, det_path, history, report)
-
-

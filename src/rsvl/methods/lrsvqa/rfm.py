@@ -1,0 +1,243 @@
+"""The Region Focus Module: a few LLM decoder layers that rank vision tokens like the LLM does.
+
+The LLM's own attention from the last prompt token to the vision tokens says which tokens matter
+for the question (the *teacher*); computing it needs the LLM's first ``L`` layers over the whole
+sequence. The RFM (the *student*) is ``len(teacher_layers) + 1`` decoder layers copied from the LLM
+(student layer 0 from LLM layer ``teacher_layers[0] - 1``, student layer ``j`` from LLM layer
+``teacher_layers[j - 1]``, as the authors initialise it), trained so that the attention of its
+layer ``j`` matches the LLM's at ``teacher_layers[j - 1]``: a KL divergence between the two
+distributions over the vision tokens, at temperature 1 and a softened temperature ``T`` (the
+authors also add an MSE on logits; only differences of logits are defined for a softmax, so the
+two KL terms carry the signal here). At inference the last student layer's attention is the
+relevance used by the coarse-to-fine search.
+
+Both run the real decoder layer modules of the model (``LlamaDecoderLayer``, ``Qwen2DecoderLayer``
+...; eager attention), and read the attention probabilities with a forward hook on ``self_attn``:
+nothing of the attention is re-implemented, so the student at its initialisation with consecutive
+layers reproduces the LLM's attention exactly (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from rsvl.errors import InputError
+from rsvl.utils.atomic import atomic_path
+
+__all__ = [
+    "AttentionQuery",
+    "RegionFocusModule",
+    "attention_rows",
+    "distill_step",
+    "distillation_loss",
+    "load_rfm",
+    "save_rfm",
+    "teacher_attention",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttentionQuery:
+    """Whose attention to read: the query position and the key positions (the vision tokens)."""
+
+    query_index: int
+    keys: slice
+
+
+def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device)
+    return torch.triu(mask, diagonal=1)[None, None]
+
+
+def attention_rows(
+    layers: Sequence[nn.Module],
+    rotary_emb: nn.Module,
+    inputs_embeds: torch.Tensor,
+    query: AttentionQuery,
+    capture: Iterable[int],
+) -> dict[int, torch.Tensor]:
+    """Run decoder ``layers`` over ``inputs_embeds (1, T, D)``; log-attention of the query over the keys.
+
+    Returns ``{i: (H, K)}`` for every ``i`` in ``capture``: the log of layer ``i``'s attention
+    probabilities from ``query.query_index`` to ``query.keys``, renormalised over those keys (so
+    it is a log-softmax of the attention logits restricted to the keys). The layers must use eager
+    attention (the probabilities are read from ``self_attn``'s output).
+    """
+    wanted = set(capture)
+    if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
+        raise InputError(f"expected inputs_embeds of shape (1, T, D), got {tuple(inputs_embeds.shape)}")
+    length = inputs_embeds.shape[1]
+    start, stop, _ = query.keys.indices(length)
+    if not 0 <= query.query_index < length or stop <= start or stop > query.query_index + 1:
+        raise InputError(f"query {query.query_index} must follow the keys {start}:{stop} in a sequence of {length}")
+    rows: dict[int, torch.Tensor] = {}
+    current: list[int] = [-1]
+
+    def grab(_module: nn.Module, _args: Any, output: Any) -> None:
+        if current[0] in wanted:
+            weights = output[1]
+            if weights is None:
+                raise InputError(
+                    "the decoder layers do not return attention weights; load the model with eager attention"
+                )
+            row = weights[0, :, query.query_index, start:stop]
+            rows[current[0]] = torch.log(row.clamp_min(1e-30)) - torch.log(row.sum(-1, keepdim=True).clamp_min(1e-30))
+
+    hooks = [layer.self_attn.register_forward_hook(grab) for layer in layers]
+    try:
+        hidden = inputs_embeds
+        positions = torch.arange(length, device=hidden.device)[None]
+        embeddings = rotary_emb(hidden, positions)
+        mask = _causal_mask(length, hidden.dtype, hidden.device)
+        for i, layer in enumerate(layers):
+            if i > max(wanted, default=-1):
+                break
+            current[0] = i
+            out = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=embeddings)
+            hidden = out[0] if isinstance(out, tuple) else out
+    finally:
+        for hook in hooks:
+            hook.remove()
+    missing = wanted - set(rows)
+    if missing:
+        raise InputError(f"layers {sorted(missing)} do not exist (the stack has {len(layers)})")
+    return rows
+
+
+def _text_model(model: nn.Module) -> nn.Module:
+    """The decoder stack (``.layers``, ``.rotary_emb``) of a LLaVA model, a causal LM or a base model."""
+    for candidate in (
+        getattr(getattr(model, "model", None), "language_model", None),
+        getattr(model, "model", None),
+        model,
+    ):
+        if candidate is not None and hasattr(candidate, "layers") and hasattr(candidate, "rotary_emb"):
+            return candidate
+    raise InputError(f"{type(model).__name__} has no decoder stack with .layers and .rotary_emb")
+
+
+def teacher_attention(model: nn.Module, inputs_embeds: torch.Tensor, query: AttentionQuery, layers: Sequence[int]):
+    """The LLM's log-attention ``{layer: (H, K)}`` over the vision tokens at ``layers`` (no gradients)."""
+    text = _text_model(model)
+    with torch.no_grad():
+        return attention_rows(list(text.layers), text.rotary_emb, inputs_embeds, query, layers)
+
+
+class RegionFocusModule(nn.Module):
+    """Decoder layers copied from the LLM that learn the LLM's text-to-vision attention.
+
+    Args:
+        model: the VLM (or its language model); its layers are copied, never shared.
+        teacher_layers: increasing LLM layer indices >= 1 (see the module docstring).
+    """
+
+    def __init__(self, model: nn.Module, teacher_layers: Sequence[int]) -> None:
+        super().__init__()
+        text = _text_model(model)
+        layers = list(teacher_layers)
+        n = len(text.layers)
+        if not layers or layers[0] < 1 or any(b <= a for a, b in pairwise(layers)):
+            raise InputError(f"teacher_layers must be increasing and >= 1, got {layers}")
+        if layers[-1] >= n:
+            raise InputError(
+                f"teacher layer {layers[-1]} does not exist: the language model has {n} layers (0..{n - 1})"
+            )
+        self.teacher_layers = layers
+        self.source_layers = [layers[0] - 1, *layers]
+        self.layers = nn.ModuleList(copy.deepcopy(text.layers[i]) for i in self.source_layers)
+        self.rotary_emb = copy.deepcopy(text.rotary_emb)
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.layer_idx = i
+
+    def log_attention(self, inputs_embeds: torch.Tensor, query: AttentionQuery) -> list[torch.Tensor]:
+        """Student log-attention ``(H, K)`` of layers ``1..n``, one per teacher layer."""
+        rows = attention_rows(self.layers, self.rotary_emb, inputs_embeds, query, range(1, len(self.layers)))
+        return [rows[j] for j in range(1, len(self.layers))]
+
+    @torch.no_grad()
+    def relevance(self, inputs_embeds: torch.Tensor, query: AttentionQuery) -> torch.Tensor:
+        """``(K,)`` relevance of the vision tokens: the last layer's head-averaged attention."""
+        last = attention_rows(self.layers, self.rotary_emb, inputs_embeds, query, [len(self.layers) - 1])
+        return last[len(self.layers) - 1].exp().mean(dim=0)
+
+
+def distillation_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float = 2.0):
+    """Sum over layers of ``KL(teacher || student)`` at temperature 1 and ``T`` (times ``T**2``), head-mean."""
+    if len(student) != len(teacher):
+        raise InputError(f"{len(student)} student layers for {len(teacher)} teacher layers")
+    total = torch.zeros((), dtype=torch.float32, device=student[0].device)
+    for s, t in zip(student, teacher, strict=True):
+        s, t = s.float(), t.float()
+        total = total + functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean")
+        soft_t = (t / temperature).log_softmax(-1)
+        soft_s = (s / temperature).log_softmax(-1)
+        total = total + functional.kl_div(soft_s, soft_t, log_target=True, reduction="batchmean") * temperature**2
+    return total
+
+
+def distill_step(
+    rfm: RegionFocusModule,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs_embeds: torch.Tensor,
+    query: AttentionQuery,
+    temperature: float = 2.0,
+) -> float:
+    """One optimisation step of the RFM towards the LLM's attention on one sequence; returns the loss."""
+    teacher = teacher_attention(model, inputs_embeds.detach(), query, rfm.teacher_layers)
+    rfm.train()
+    student = rfm.log_attention(inputs_embeds.detach(), query)
+    loss = distillation_loss(student, [teacher[i] for i in rfm.teacher_layers], temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    rfm.eval()
+    return float(loss.detach())
+
+
+def save_rfm(rfm: RegionFocusModule, path: str | os.PathLike[str]) -> Path:
+    """Write the RFM's weights as safetensors with its layer plan in the metadata (atomically)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in rfm.state_dict().items()}
+    meta = {"format": "rsvl-rfm", "teacher_layers": json.dumps(rfm.teacher_layers)}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_rfm(model: nn.Module, path: str | os.PathLike[str]) -> RegionFocusModule:
+    """An RFM for ``model`` with the weights at ``path`` (written by :func:`save_rfm`)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("RFM weights file not found", path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"not a safetensors RFM file: {exc}", path) from None
+    if meta.get("format") != "rsvl-rfm":
+        raise InputError("not an RFM weights file (no rsvl-rfm metadata)", path)
+    rfm = RegionFocusModule(model, json.loads(meta["teacher_layers"]))
+    try:
+        rfm.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"the RFM weights do not fit this model: {str(exc).splitlines()[0]}", path) from None
+    return rfm.eval()

@@ -38,6 +38,7 @@ from transformers import (
 
 from rsvl.errors import InputError
 from rsvl.geometry.codecs import florence_loc_tokens
+from rsvl.models.folders import check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,6 @@ FLORENCE2_TASK_PROMPTS = {
     "<REGION_PROPOSAL>": "Locate the region proposals in the image.",
     "<CAPTION>": "What does the image describe?",
 }
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -276,20 +271,6 @@ def extend_position_embeddings(model: Florence2ForConditionalGeneration, max_pos
     return True
 
 
-def _check_model_folder(path: Path) -> None:
-    """Raise InputError unless ``path`` is a folder with a config and weights."""
-    if not path.is_dir():
-        raise InputError("Florence-2 model folder not found (expected a local folder with config.json)", path)
-    if not (path / "config.json").is_file():
-        raise InputError("Florence-2 model folder has no config.json", path)
-    if not any((path / name).is_file() for name in _WEIGHT_FILES):
-        raise InputError(
-            f"Florence-2 model folder has no weights (expected one of {', '.join(_WEIGHT_FILES)}); "
-            "convert the checkpoint to transformers' native Florence-2 format first",
-            path,
-        )
-
-
 def load_florence2(
     path: str | PathLike[str], *, dtype: torch.dtype | None = None
 ) -> tuple[Florence2ForConditionalGeneration, PreTrainedTokenizerBase]:
@@ -302,7 +283,9 @@ def load_florence2(
     ``path``.
     """
     folder = Path(path)
-    _check_model_folder(folder)
+    check_model_folder(
+        folder, "Florence-2", hint="; convert the checkpoint to transformers' native Florence-2 format first"
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:

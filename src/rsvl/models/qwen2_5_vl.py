@@ -40,6 +40,7 @@ from transformers.image_utils import SizeDict
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
 from rsvl.errors import InputError
+from rsvl.models.folders import DTYPES, check_model_folder, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +96,6 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
 #: Words the chat template and the Overview prompt use: single tokens in the in-memory tokenizer.
 _TEMPLATE_WORDS = ("system", "user", "assistant", "You are a helpful assistant.", "Locate:")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 #: ``Qwen2VLImageProcessor``'s own defaults (``size`` shortest/longest edge, in pixels).
 DEFAULT_MIN_PIXELS = 56 * 56
@@ -312,31 +305,6 @@ def tiny_qwen2_5_vl(
     return model.eval(), processor
 
 
-def _check_model_folder(folder: Path) -> None:
-    """Raise InputError unless ``folder`` holds a Qwen2.5-VL config and weights."""
-    if not folder.is_dir():
-        raise InputError("Qwen2.5-VL model folder not found (expected a local folder with config.json)", folder)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise InputError("Qwen2.5-VL model folder has no config.json", folder)
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"cannot read config.json: {exc}", config_file) from exc
-    if model_type != "qwen2_5_vl":
-        raise InputError(f"not a Qwen2.5-VL checkpoint: config.json has model_type {model_type!r}", folder)
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        raise InputError(f"Qwen2.5-VL model folder has no weights (expected one of {', '.join(_WEIGHT_FILES)})", folder)
-
-
-def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def load_qwen2_5_vl(
     path: str | PathLike[str],
     device: str | torch.device = "cpu",
@@ -352,8 +320,8 @@ def load_qwen2_5_vl(
     that do not fit the architecture raise :class:`InputError` naming ``path``.
     """
     folder = Path(path)
-    torch_dtype = _torch_dtype(dtype)
-    _check_model_folder(folder)
+    dtype_ = torch_dtype(dtype)
+    check_model_folder(folder, "Qwen2.5-VL", "qwen2_5_vl")
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # missing tokenizer / preprocessor files, a foreign processor class
@@ -368,7 +336,7 @@ def load_qwen2_5_vl(
             folder,
             local_files_only=True,
             attn_implementation="eager",
-            dtype=torch_dtype,
+            dtype=dtype_,
             output_loading_info=True,
         )
     except Exception as exc:  # corrupt safetensors, shapes that do not fit...: all input errors here

@@ -18,7 +18,6 @@ re-implemented. RSVG-ZeroOV's optional refinement stage prompts SAM with the evo
 
 from __future__ import annotations
 
-import json
 import logging
 from os import PathLike
 from pathlib import Path
@@ -35,17 +34,12 @@ from transformers import (
 )
 
 from rsvl.errors import InputError
+from rsvl.models.folders import check_model_folder
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["check_sam_processor", "load_sam", "sam_processor", "tiny_sam", "tiny_sam_config"]
 
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -145,23 +139,7 @@ def check_sam_processor(model: SamModel, processor: SamProcessor, path: str | Pa
 
 def _check_sam_folder(path: Path) -> None:
     """Raise InputError unless ``path`` looks like a transformers SAM folder."""
-    if not path.is_dir():
-        raise InputError("SAM model folder not found (expected a local transformers SAM folder)", path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise InputError("SAM model folder has no config.json", path)
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise InputError(f"config.json is not a JSON object: {exc}", config_file) from None
-    if model_type != SamConfig.model_type:
-        raise InputError(
-            f"not a SAM checkpoint: config.json has model_type {model_type!r}, expected 'sam' "
-            "(e.g. facebook/sam-vit-base in transformers format)",
-            path,
-        )
-    if not any((path / name).is_file() for name in _WEIGHT_FILES):
-        raise InputError(f"SAM model folder has no weights (expected one of {', '.join(_WEIGHT_FILES)})", path)
+    check_model_folder(path, "SAM", SamConfig.model_type, " (e.g. facebook/sam-vit-base in transformers format)")
     if not any((path / name).is_file() for name in _PROCESSOR_FILES):
         raise InputError(f"SAM model folder has no processor config ({' or '.join(_PROCESSOR_FILES)})", path)
 

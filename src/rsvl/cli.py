@@ -528,6 +528,81 @@ def ground(
         console.print(f"{kind}: {path}", highlight=False)
 
 
+@app.command()
+@_fails_cleanly
+def vqa(
+    image: Annotated[Path | None, typer.Argument(help="An image or GeoTIFF of any size (omit with --dataset).")] = None,
+    question: Annotated[str | None, typer.Argument(help='The question, e.g. "What colour is the ship?".')] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("vqa"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML (configs/lrsvqa/).")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="Local LLaVA folder (transformers format).")] = None,
+    gguf: Annotated[Path | None, typer.Option(help="A GGUF language model under a LLaVA head (CPU miniature).")] = None,
+    rfm_path: Annotated[Path | None, typer.Option(help="Distilled Region Focus Module weights.")] = None,
+    mode: Annotated[str, typer.Option(help="pyramid (the method), no_prune or uniform (baselines).")] = "pyramid",
+    show_tiles: Annotated[bool, typer.Option(help="Draw the tiles looked at (<stem>.tiles.png).")] = True,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Allow a tiny random model where no weights are given.")] = False,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Batch mode: a VQA dataset format (lrsvqa).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Batch mode: the dataset root.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Batch mode: stop after this many questions.")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Batch mode: keep earlier answers.")] = True,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: --set selection.pruning_ratio=0.5.")
+    ] = None,
+) -> None:
+    """LRS-VQA: answer a question about a very large image via the pyramid and text-guided token pruning."""
+    from rsvl.methods.lrsvqa.config import LRSVQAConfig
+    from rsvl.methods.lrsvqa.infer import answer_dataset, answer_file
+    from rsvl.methods.lrsvqa.pipeline import MODES, LargeImageVQA, check_weights
+    from rsvl.utils.config import load_config
+
+    if dataset is None and (image is None or question is None):
+        raise InputError("give IMAGE and QUESTION, or --dataset with --root")
+    if dataset is not None and (root is None or image is not None):
+        raise InputError("--dataset needs --root and takes no IMAGE/QUESTION arguments")
+    if dataset is None and (root is not None or limit is not None):
+        raise InputError("--root and --limit only apply with --dataset")
+    if mode not in MODES:
+        raise InputError(f"unknown --mode {mode!r}; known: {', '.join(MODES)}")
+    sets = list(overrides or [])
+    for key, value in (("model.path", model_path), ("model.gguf", gguf), ("rfm.path", rfm_path)):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    if rfm_path is not None:
+        sets.append("selection.scorer=rfm")
+    if device is not None:
+        sets.append(f"model.device={device}")
+    cfg = load_config(LRSVQAConfig, config, sets)
+    for part in check_weights(cfg, allow_random=tiny):
+        err_console.print(f"[yellow]warning:[/] random weights for {part.split(':')[0]}", highlight=False)
+    engine = LargeImageVQA(cfg)
+    if dataset is not None:
+        assert root is not None
+        summary = answer_dataset(
+            engine, root, out, format_name=dataset, mode=mode, limit=limit, resume=resume, progress=not _State.quiet
+        )
+        metrics = summary["report"]["metrics"]
+        table = Table(title=f"{dataset} / lrsvqa rule ({summary['n']} questions, {summary['new']} new, {mode})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row("mean vision tokens", f"{summary['mean_vision_tokens']:.0f}")
+        console.print(table)
+        console.print(f"results in [bold]{out}[/] (predictions.jsonl, eval.json)")
+        return
+    assert image is not None and question is not None
+    record = answer_file(engine, image, question, out, mode=mode, show_tiles=show_tiles, progress=not _State.quiet)
+    console.print(f"[bold]answer:[/] {record['answer']}", highlight=False)
+    console.print(
+        f"{record['vision_tokens']:,} vision tokens into the LLM ({record['full_resolution_tokens']:,} for "
+        f"full-resolution tiling), {record['tiles_encoded']} tiles encoded",
+        highlight=False,
+    )
+    for kind, path in record["outputs"].items():
+        console.print(f"{kind}: {path}", highlight=False)
+
+
 def _benchmarks_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:

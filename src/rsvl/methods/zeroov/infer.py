@@ -40,6 +40,7 @@ from rsvl.io.vector import feature_collection, mask_geometry
 from rsvl.methods.zeroov.pipeline import GroundingResult, ZeroOVGrounder
 from rsvl.utils.atomic import write_json, write_text
 from rsvl.utils.progress import progress_bar
+from rsvl.utils.resume import RUN_FILE, append_record, check_run, read_done
 
 logger = logging.getLogger(__name__)
 
@@ -195,42 +196,6 @@ def referring_items(samples: list[Any], all_sentences: bool = False) -> Iterator
                 yield sample, key, sentences[0], i
 
 
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already in ``predictions.jsonl``; a torn last line (killed mid-write) is dropped."""
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                logger.warning("%s:%d: dropping a torn last line from an interrupted run", path, n)
-                _truncate_last_line(path)
-                break
-            raise DatasetError("not a JSON record; delete the file to start over", path, n) from None
-        if not isinstance(record, dict) or "id" not in record:
-            raise DatasetError("record without an 'id'; delete the file to start over", path, n)
-        done[str(record["id"])] = record
-    return done
-
-
-def _truncate_last_line(path: Path) -> None:
-    data = path.read_bytes()
-    cut = data.rstrip(b"\n").rfind(b"\n")
-    with open(path, "r+b") as fh:
-        fh.truncate(cut + 1 if cut >= 0 else 0)
-
-
-def _append(fh: Any, record: dict[str, Any]) -> None:
-    fh.write(json.dumps(record, allow_nan=False) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
 def ground_dataset(
     grounder: ZeroOVGrounder,
     format_name: str,
@@ -274,8 +239,8 @@ def ground_dataset(
         for old in (jsonl, out / RUN_FILE, out / "boxes.json", out / "masks.json", out / "eval.json"):
             old.unlink(missing_ok=True)
     run = _run_fingerprint(grounder, format_name, root, all_sentences, max_side)
-    _check_run(out, run, jsonl.exists())
-    done = _read_done(jsonl)
+    check_run(out, run, jsonl.exists())
+    done = read_done(jsonl)
     wanted = {key for _, key, _, _ in items}
     stale = sorted(set(done) - wanted)
     if stale:
@@ -301,7 +266,7 @@ def ground_dataset(
             record["id"] = key
             record["image"] = sample.image
             record["segmentation"] = mask_codec.encode(_full_mask(result.mask, read))
-            _append(fh, record)
+            append_record(fh, record)
             done[key] = record
             new += 1
             bar.advance(task)
@@ -328,9 +293,6 @@ def ground_dataset(
     return summary
 
 
-RUN_FILE = "run.json"
-
-
 def _run_fingerprint(
     grounder: ZeroOVGrounder, format_name: str, root: str | os.PathLike[str], all_sentences: bool, max_side: int
 ) -> dict[str, Any]:
@@ -343,26 +305,6 @@ def _run_fingerprint(
         "settings": grounder.config.model_dump(mode="json"),
         "providers": grounder.describe(),
     }
-
-
-def _check_run(out: Path, run: dict[str, Any], has_predictions: bool) -> None:
-    """Refuse to resume predictions made with other settings; record this run's otherwise."""
-    path = out / RUN_FILE
-    if path.exists():
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DatasetError("not a JSON run description; use --no-resume to start over", path) from None
-        if has_predictions and earlier != run:
-            keys = sorted(k for k in set(run) | set(earlier) if run.get(k) != earlier.get(k))
-            raise InputError(
-                f"the predictions in this folder were made with other {', '.join(keys)}; use another output "
-                "folder or --no-resume",
-                path,
-            )
-    elif has_predictions:
-        raise InputError(f"predictions without a {RUN_FILE} (unknown settings); use --no-resume", path)
-    write_json(path, run)
 
 
 def _read_sample_image(sample: Any, max_side: int) -> GroundedImage:

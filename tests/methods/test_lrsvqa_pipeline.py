@@ -1,0 +1,118 @@
+"""LRS-VQA end to end with a tiny random LLaVA: token budgets, scorers, files, benchmarks, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rsvl.errors import InputError
+from rsvl.methods.lrsvqa.config import LRSVQAConfig
+from rsvl.methods.lrsvqa.infer import answer_dataset, answer_file
+from rsvl.methods.lrsvqa.pipeline import LargeImageVQA, LLMAttentionScorer, RFMScorer, check_weights
+from rsvl.methods.lrsvqa.rfm import RegionFocusModule
+from rsvl.models.llava import tiny_llava
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_llava(tile_size=56)
+
+
+@pytest.fixture(scope="module")
+def lrs_root(tmp_path_factory):
+    from rsvl.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("lrs")
+    generate_dataset("lrsvqa", root, 2, seed=3, size=1024, progress=False)  # 7 questions
+    return root
+
+
+def first_image(root):
+    return sorted((root / "LRS_VQA" / "image").glob("*.tif"))[0]
+
+
+def test_modes_feed_the_llm_the_documented_token_budgets(bundle, lrs_root):
+    vqa = LargeImageVQA(LRSVQAConfig(), bundle=bundle)
+    image = first_image(lrs_root)
+    q = "What is the color of the swimming pool?"
+    pyramid = vqa.answer(image, q, "pyramid")
+    full = vqa.answer(image, q, "no_prune")
+    uniform = vqa.answer(image, q, "uniform")
+    g = bundle.grid_size**2  # the global view's tokens
+    last = pyramid.levels[-1]
+    assert last["level"] == 0 and pyramid.n_tokens == g + math.ceil(0.25 * last["tokens"])
+    assert [lv["tiles"] for lv in full.levels] == [lv["tiles"] for lv in pyramid.levels]  # same search
+    assert full.n_tokens == g + full.levels[-1]["tokens"] > pyramid.n_tokens
+    with vqa.open(image) as dip:
+        base_tokens = sum(int(dip.token_valid(t, bundle.grid_size).sum()) for t in dip.base_tiles())
+        native_tiles = len(dip.level(0))
+    assert uniform.n_tokens == g + base_tokens and uniform.levels == []
+    assert pyramid.full_resolution_tokens == g + native_tiles * g > 4 * pyramid.n_tokens
+    assert all(len(lv["tiles"]) <= 9 for lv in pyramid.levels)
+    assert isinstance(pyramid.answer, str) and pyramid.seconds.keys() == {"select", "generate"}
+
+
+def test_rfm_scorer_with_the_llms_first_layers_ranks_like_the_llm(bundle):
+    g = torch.randn(16, bundle.hidden_size, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randn(30, bundle.hidden_size, generator=torch.Generator().manual_seed(1))
+    llm = LLMAttentionScorer(bundle, layer=2).score(g, tokens, "Where is the ship?")
+    rfm = RFMScorer(bundle, RegionFocusModule(bundle.model, [1, 2]).eval()).score(g, tokens, "Where is the ship?")
+    assert torch.allclose(llm / llm.sum(), rfm, atol=1e-5)
+    other = LLMAttentionScorer(bundle, layer=2).score(g, tokens, "How many cars are there?")
+    assert not torch.allclose(llm, other)
+    with pytest.raises(InputError, match="layer 9"):
+        LLMAttentionScorer(bundle, layer=9)
+
+
+def test_answer_file_writes_json_and_the_tiles_picture(bundle, lrs_root, tmp_path):
+    vqa = LargeImageVQA(LRSVQAConfig(), bundle=bundle)
+    record = answer_file(vqa, first_image(lrs_root), "Where is the roundabout?", tmp_path, progress=False)
+    saved = json.loads((tmp_path / f"{first_image(lrs_root).stem}.vqa.json").read_text())
+    assert saved["answer"] == record["answer"] and saved["providers"]["real_weights"] is False
+    picture = np.asarray(Image.open(record["outputs"]["tiles"]))
+    assert picture.shape == (1024, 1024, 3)
+    x0, y0, _, _ = saved["levels"][-1]["tiles"][0]  # the last level's tiles are outlined in red
+    assert tuple(picture[y0 + 1, x0 + 1]) == (255, 40, 40)
+
+
+def test_benchmark_answers_resume_and_score(bundle, lrs_root, tmp_path):
+    vqa = LargeImageVQA(LRSVQAConfig(), bundle=bundle)
+    out = tmp_path / "run"
+    first = answer_dataset(vqa, lrs_root, out, limit=3, wordnet=False, progress=False)
+    assert first["n"] == 3 and first["new"] == 3
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {"question_id", "prompt", "category", "text", "ground_truth"} <= rows[0].keys()
+    rest = answer_dataset(vqa, lrs_root, out, wordnet=False, progress=False)
+    assert rest["n"] == 7 and rest["new"] == 4
+    categories = {json.loads(line)["category"] for line in (out / "predictions.jsonl").read_text().splitlines()}
+    assert set(rest["report"]["metrics"]) == {"OA", "AA", *(f"acc/{c}" for c in categories)}
+    from rsvl.metrics.vqa import evaluate_vqa, load_vqa_results
+
+    again = load_vqa_results(out / "predictions.jsonl", "lrsvqa")
+    report = evaluate_vqa(again.gt, again.pred, preset="lrsvqa", wordnet=False)
+    assert report.metrics == pytest.approx(rest["report"]["metrics"])
+    with pytest.raises(InputError, match="made with other mode"):
+        answer_dataset(vqa, lrs_root, out, mode="uniform", wordnet=False, progress=False)
+
+
+def test_weights_are_required_unless_tiny():
+    with pytest.raises(InputError, match="--tiny"):
+        check_weights(LRSVQAConfig())
+    assert check_weights(LRSVQAConfig(), allow_random=True)
+    cfg = LRSVQAConfig.model_validate({"model": {"path": "/models/llava"}})
+    assert check_weights(cfg) == []
+
+
+def test_bad_questions_modes_and_tile_sizes(bundle, lrs_root):
+    vqa = LargeImageVQA(LRSVQAConfig(), bundle=bundle)
+    with pytest.raises(InputError, match="question is empty"):
+        vqa.answer(first_image(lrs_root), "  ")
+    with pytest.raises(InputError, match="unknown mode"):
+        vqa.answer(first_image(lrs_root), "q", "everything")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="tile_size"):
+        LargeImageVQA(LRSVQAConfig.model_validate({"pyramid": {"tile_size": 336}}), bundle=bundle)

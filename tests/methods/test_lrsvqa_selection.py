@@ -43,7 +43,9 @@ class MeanColourEncoder:
 class RednessScorer:
     """Relevance = how much redder than grey a token is (the question is ignored)."""
 
-    def score(self, global_tokens, tokens, question):
+    def score(self, global_tokens, tokens, question, positions=None):
+        if positions is not None:  # every token, global view first, has its (image, row, col) cell
+            assert positions.shape == (global_tokens.shape[0] + tokens.shape[0], 3)
         return tokens[:, 0] - 0.5 * (tokens[:, 1] + tokens[:, 2])
 
 
@@ -116,6 +118,14 @@ def test_search_walks_down_to_the_planted_object(big_image):
         # (8x coarser) it was ~1 % of a patch
         assert RednessScorer().score(None, sel.tokens, "").max() > 0.25
         assert sel.n_tokens == 16 + sel.tokens.shape[0] and sel.global_tokens.shape == (16, 3)
+        # positions: the global view is image 0 on its 4 x 4 grid; kept tokens keep their tile and cell
+        pos = sel.positions
+        assert pos.shape == (sel.n_tokens, 3) and pos[:16].tolist() == [[0, r, c] for r in range(4) for c in range(4)]
+        assert (pos[16:, 0] - 1).tolist() == sel.token_tiles.tolist()
+        images, _ = dip.read(sel.visits[-1].tiles)
+        grid = MeanColourEncoder().encode_tiles(images)
+        for token, (image, r, c) in zip(sel.tokens, pos[16:].tolist(), strict=True):
+            assert torch.equal(token, grid[image - 1, r, c])
         assert max(enc.calls) <= 9 and sel.tiles_encoded == sum(enc.calls)
 
 
@@ -135,10 +145,11 @@ def test_no_pruning_keeps_every_token_of_the_chosen_tiles_and_depth_stops_early(
 
 def test_uniform_baseline_has_every_base_token(big_image):
     with DynamicPyramid(big_image, TILE, 2) as dip:
-        tokens = uniform_tokens(dip, MeanColourEncoder())
+        tokens, positions = uniform_tokens(dip, MeanColourEncoder())
         base = dip.level(dip.base_level)
         content = sum(int(dip.token_valid(t, 4).sum()) for t in base.tiles())
-        assert tokens.shape == (16 + content, 3)
+        assert tokens.shape == (16 + content, 3) and positions.shape == (16 + content, 3)
+        assert positions[:16, 0].eq(0).all() and set(positions[16:, 0].tolist()) == set(range(1, 1 + len(base)))
 
 
 def test_bad_inputs(big_image):
@@ -147,7 +158,7 @@ def test_bad_inputs(big_image):
             coarse_to_fine(dip, "  ", MeanColourEncoder(), RednessScorer())
 
         class Short(RednessScorer):
-            def score(self, g, tokens, q):
+            def score(self, g, tokens, q, positions=None):
                 return super().score(g, tokens, q)[:-1]
 
         with pytest.raises(InputError, match="scores for"):

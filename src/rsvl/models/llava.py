@@ -305,13 +305,21 @@ class LlavaBundle:
         return PLAIN_TEMPLATE.format(system=f"{system} " if system else "", image=image, question=question)
 
     @torch.no_grad()
-    def build_sequence(self, image_tokens: torch.Tensor, question: str, system: str | None = None) -> VQASequence:
+    def build_sequence(
+        self,
+        image_tokens: torch.Tensor,
+        question: str,
+        system: str | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> VQASequence:
         """Prompt embeddings ``[prefix text] [image tokens] [question + answer cue]`` for one image.
 
         The prompt is :meth:`render_prompt`'s; it is tokenised in one go (so the text on either side
         of the placeholder tokenises as the model saw it in training), with the tokenizer's own
         special tokens (e.g. Llama's BOS) unless the rendered text already starts with its BOS.
-        ``image_tokens`` ``(N, D)`` replace the single placeholder token.
+        ``image_tokens`` ``(N, D)`` replace the single placeholder token. ``positions`` (the tokens'
+        ``(image, row, col)`` cells) is accepted for interface parity with grid-position models and
+        unused: LLaVA positions image tokens by their order in the sequence.
         """
         if not isinstance(image_tokens, torch.Tensor) or image_tokens.ndim != 2:
             shape = tuple(image_tokens.shape) if isinstance(image_tokens, torch.Tensor) else type(image_tokens)

@@ -52,8 +52,10 @@ class LLMAttentionScorer:
             raise InputError(f"selection.layer {layer} does not exist: the language model has layers 0..{n - 1}")
         self.bundle, self.layer = bundle, layer
 
-    def score(self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str) -> torch.Tensor:
-        seq = self.bundle.build_sequence(torch.cat([global_tokens, tokens]), question)
+    def score(
+        self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        seq = self.bundle.build_sequence(torch.cat([global_tokens, tokens]), question, positions=positions)
         return self.bundle.text_to_image_attention(seq, self.layer)[global_tokens.shape[0] :]
 
 
@@ -65,8 +67,10 @@ class RFMScorer:
     def __init__(self, bundle: Any, rfm: RegionFocusModule) -> None:
         self.bundle, self.rfm = bundle, rfm
 
-    def score(self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str) -> torch.Tensor:
-        seq = self.bundle.build_sequence(torch.cat([global_tokens, tokens]), question)
+    def score(
+        self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        seq = self.bundle.build_sequence(torch.cat([global_tokens, tokens]), question, positions=positions)
         keys = slice(seq.image_slice.start + global_tokens.shape[0], seq.image_slice.stop)
         return self.rfm.relevance(seq.inputs_embeds, AttentionQuery(seq.query_index, keys))
 
@@ -184,18 +188,20 @@ class LargeImageVQA:
 
     def select(
         self, dip: DynamicPyramid, question: str, mode: Mode = "pyramid", on_level: Callable | None = None
-    ) -> tuple[torch.Tensor, Selection | None]:
-        """The vision tokens ``(N, D)`` the LLM will read for ``mode``, and the search (None for uniform)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, Selection | None]:
+        """The vision tokens ``(N, D)`` the LLM reads for ``mode``, their ``(image, row, col)`` positions
+        ``(N, 3)``, and the search (None for ``uniform``)."""
         pool = self.config.model.pool
         if mode == "uniform":
-            return uniform_tokens(dip, self.bundle, pool), None
+            tokens, positions = uniform_tokens(dip, self.bundle, pool)
+            return tokens, positions, None
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
         selection = coarse_to_fine(
             dip, question, self.bundle, self.scorer, self.config.selection, pool=pool, prune=mode == "pyramid",
             on_level=on_level,
         )  # fmt: skip
-        return selection.vision_tokens(), selection
+        return selection.vision_tokens(), selection.positions, selection
 
     def full_resolution_tokens(self, dip: DynamicPyramid) -> int:
         """Tokens that tiling the native image (plus the global view) would feed the LLM."""
@@ -219,9 +225,9 @@ class LargeImageVQA:
         dip = self.open(image) if owned else image
         try:
             t0 = time.perf_counter()
-            tokens, selection = self.select(dip, question, mode, on_level)
+            tokens, positions, selection = self.select(dip, question, mode, on_level)
             t1 = time.perf_counter()
-            seq = self.bundle.build_sequence(tokens, question)
+            seq = self.bundle.build_sequence(tokens, question, positions=positions)
             text = self.bundle.generate(seq, self.config.model.max_new_tokens)
             t2 = time.perf_counter()
             levels = [_visit_record(dip, v) for v in selection.visits] if selection is not None else []

@@ -46,8 +46,14 @@ class TileEncoder(Protocol):
 class TokenScorer(Protocol):
     """Relevance of each vision token to the question (higher = more relevant)."""
 
-    def score(self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str) -> torch.Tensor:
-        """``global_tokens (G, D)``, candidate ``tokens (M, D)`` -> ``(M,)`` relevance."""
+    def score(
+        self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``global_tokens (G, D)``, candidate ``tokens (M, D)`` -> ``(M,)`` relevance.
+
+        ``positions (G + M, 3)``: ``(image, row, col)`` of every token (see :class:`Selection`), for
+        models whose position encoding follows the image grid (Qwen-VL's multimodal RoPE).
+        """
         ...
 
 
@@ -72,12 +78,16 @@ class Selection:
         tokens: ``(K, D)`` kept tokens of the last level, in tile order then reading order.
         token_tiles: ``(K,)`` index into ``visits[-1].tiles`` of each kept token.
         visits: one entry per level, coarse to fine.
+        positions: ``(G + K, 3)`` int64 ``(image, row, col)`` of every token the LLM reads: image 0
+            is the global view, image ``1 + i`` the last level's tile ``i``; ``row, col`` the
+            token's cell in its image's grid (pruned tokens keep their original cells).
     """
 
     global_tokens: torch.Tensor
     tokens: torch.Tensor
     token_tiles: np.ndarray
     visits: list[LevelVisit]
+    positions: torch.Tensor
 
     @property
     def n_tokens(self) -> int:
@@ -90,7 +100,7 @@ class Selection:
         return 1 + sum(len(v.tiles) for v in self.visits)
 
     def vision_tokens(self) -> torch.Tensor:
-        """``(G + K, D)``: the global view's tokens, then the kept ones."""
+        """``(G + K, D)``: the global view's tokens, then the kept ones (``positions`` gives their cells)."""
         return torch.cat([self.global_tokens, self.tokens], dim=0)
 
 
@@ -138,7 +148,7 @@ def coarse_to_fine(
     cfg = config or SelectionConfig()
     if not question or not question.strip():
         raise InputError("the question is empty")
-    global_tokens = _global_tokens(dip, encoder)
+    global_tokens, global_positions = _global_tokens(dip, encoder)
     level = dip.base_level
     tiles = dip.base_tiles()
     stop = 0 if cfg.max_depth is None else max(0, dip.base_level - cfg.max_depth)
@@ -151,7 +161,9 @@ def coarse_to_fine(
         owner = np.repeat(np.arange(len(tiles)), grid * grid)[valid.reshape(-1)]
         if candidates.shape[0] == 0:
             raise InputError(f"no image content in the tiles of pyramid level {level}", dip.source.path)
-        scores = scorer.score(global_tokens, candidates, question).reshape(-1)
+        cells = _cells(len(tiles), grid)[valid.reshape(-1)]
+        positions = torch.cat([global_positions, cells])
+        scores = scorer.score(global_tokens, candidates, question, positions).reshape(-1)
         if scores.shape[0] != candidates.shape[0]:
             raise InputError(f"the scorer returned {scores.shape[0]} scores for {candidates.shape[0]} tokens")
         keep = _top(scores, cfg.pruning_ratio)
@@ -163,7 +175,9 @@ def coarse_to_fine(
             visits.append(visit)
             if on_level is not None:
                 on_level(visit)
-            return Selection(global_tokens, candidates[torch.from_numpy(kept)], owner[kept], visits)
+            kept_t = torch.from_numpy(kept)
+            positions = torch.cat([global_positions, cells[kept_t]])
+            return Selection(global_tokens, candidates[kept_t], owner[kept], visits, positions)
         children = np.concatenate([dip.token_child(t, grid)[valid[i]] for i, t in enumerate(tiles)])
         votes: dict[tuple[int, int], int] = {}
         mass: dict[tuple[int, int], float] = {}
@@ -184,17 +198,29 @@ def coarse_to_fine(
         tiles, level = visit.chosen, level - 1
 
 
-def _global_tokens(dip: DynamicPyramid, encoder: TileEncoder) -> torch.Tensor:
-    """``(G, D)``: every token of the global view (never pooled, never pruned, as the authors do)."""
+def _cells(n_tiles: int, grid: int, first_image: int = 1) -> torch.Tensor:
+    """``(n_tiles * grid * grid, 3)`` ``(image, row, col)`` of every cell, tile by tile, row-major."""
+    image, row, col = np.meshgrid(np.arange(n_tiles) + first_image, np.arange(grid), np.arange(grid), indexing="ij")
+    return torch.from_numpy(np.stack([image, row, col], axis=-1).reshape(-1, 3).astype(np.int64))
+
+
+def _global_tokens(dip: DynamicPyramid, encoder: TileEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(G, D)`` tokens of the global view (never pooled, never pruned, as the authors do), and cells."""
     global_image, _ = dip.global_view()
     tokens = encoder.encode_tiles(global_image[None], pool=None)[0]
-    return tokens.reshape(-1, tokens.shape[-1])
+    return tokens.reshape(-1, tokens.shape[-1]), _cells(1, int(tokens.shape[0]), first_image=0)
 
 
-def uniform_tokens(dip: DynamicPyramid, encoder: TileEncoder, pool: int | None = None) -> torch.Tensor:
-    """The uniform-downsample baseline: the global view plus every token of the base level."""
-    global_tokens = _global_tokens(dip, encoder)
+def uniform_tokens(
+    dip: DynamicPyramid, encoder: TileEncoder, pool: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniform-downsample baseline: the global view plus every token of the base level.
+
+    Returns the tokens ``(N, D)`` and their ``(image, row, col)`` positions (as :class:`Selection`).
+    """
+    global_tokens, global_positions = _global_tokens(dip, encoder)
     tiles = dip.base_tiles()
-    grid_tokens, _, valid = _encode(dip, encoder, tiles, pool)
-    flat = grid_tokens.reshape(-1, grid_tokens.shape[-1])[torch.from_numpy(valid.reshape(-1))]
-    return torch.cat([global_tokens, flat], dim=0)
+    grid_tokens, grid, valid = _encode(dip, encoder, tiles, pool)
+    keep = torch.from_numpy(valid.reshape(-1))
+    flat = grid_tokens.reshape(-1, grid_tokens.shape[-1])[keep]
+    return torch.cat([global_tokens, flat], dim=0), torch.cat([global_positions, _cells(len(tiles), grid)[keep]])

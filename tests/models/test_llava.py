@@ -109,6 +109,17 @@ def test_encode_tiles_rejects_bad_tiles(bundle: LlavaBundle, tiles: np.ndarray) 
 # --------------------------------------------------------------------------- text and prompt
 
 
+def test_gradients_reach_the_projector_only_when_asked(bundle: LlavaBundle, tiles: np.ndarray) -> None:
+    projector = bundle.model.model.multi_modal_projector
+    weight = next(projector.parameters())
+    assert not bundle.encode_tiles(tiles[:1]).requires_grad  # inference builds no graph
+    tokens = bundle.encode_tiles(tiles[:1], grad=True).reshape(-1, bundle.hidden_size)
+    seq = bundle.build_sequence(tokens, "What is the color of the ship?")
+    seq.inputs_embeds[0, seq.image_slice].sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    projector.zero_grad(set_to_none=True)
+
+
 def test_embed_text_adds_no_special_tokens(bundle: LlavaBundle) -> None:
     ids = bundle.tokenizer("the answer", add_special_tokens=False)["input_ids"]
     expected = bundle.model.get_input_embeddings().weight[ids]

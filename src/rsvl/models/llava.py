@@ -219,9 +219,12 @@ class LlavaBundle:
         )
         return out["pixel_values"].to(device=self.device, dtype=self.dtype)
 
-    @torch.no_grad()
     def encode_tiles(
-        self, tiles: Sequence[np.ndarray] | np.ndarray, pool: int | None = None, batch_size: int = 8
+        self,
+        tiles: Sequence[np.ndarray] | np.ndarray,
+        pool: int | None = None,
+        batch_size: int = 8,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Square uint8 tiles -> ``(N, g, g, D)`` image tokens in the language model's space.
 
@@ -230,8 +233,13 @@ class LlavaBundle:
         tiles at a time. CLS is dropped (``"default"`` strategy; for ``"full"`` too, so the tokens
         form the ``g x g`` patch grid, ``g = tile_size // patch_size``). ``pool`` bilinearly resizes
         each grid to ``pool x pool`` (LRS-VQA pools LLaVA's 24 x 24 to 12 x 12). Tiles of the wrong
-        size or dtype raise :class:`InputError`.
+        size or dtype raise :class:`InputError`. ``grad=True`` keeps the autograd graph (training the
+        vision tower or projector); by default no graph is built.
         """
+        with torch.set_grad_enabled(grad):
+            return self._encode_tiles(tiles, pool, batch_size)
+
+    def _encode_tiles(self, tiles: Sequence[np.ndarray] | np.ndarray, pool: int | None, batch_size: int):
         arrays = self._check_tiles(tiles)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -304,7 +312,6 @@ class LlavaBundle:
             raise InputError("the tokenizer's chat template does not render one image placeholder and the question")
         return PLAIN_TEMPLATE.format(system=f"{system} " if system else "", image=image, question=question)
 
-    @torch.no_grad()
     def build_sequence(
         self,
         image_tokens: torch.Tensor,
@@ -319,7 +326,8 @@ class LlavaBundle:
         special tokens (e.g. Llama's BOS) unless the rendered text already starts with its BOS.
         ``image_tokens`` ``(N, D)`` replace the single placeholder token. ``positions`` (the tokens'
         ``(image, row, col)`` cells) is accepted for interface parity with grid-position models and
-        unused: LLaVA positions image tokens by their order in the sequence.
+        unused: LLaVA positions image tokens by their order in the sequence. The result is
+        differentiable in ``image_tokens`` (training a vision tower or projector through it).
         """
         if not isinstance(image_tokens, torch.Tensor) or image_tokens.ndim != 2:
             shape = tuple(image_tokens.shape) if isinstance(image_tokens, torch.Tensor) else type(image_tokens)

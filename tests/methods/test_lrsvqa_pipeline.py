@@ -14,7 +14,7 @@ from rsvl.errors import InputError
 from rsvl.methods.lrsvqa.config import LRSVQAConfig
 from rsvl.methods.lrsvqa.infer import answer_dataset, answer_file
 from rsvl.methods.lrsvqa.pipeline import LargeImageVQA, LLMAttentionScorer, RFMScorer, check_weights
-from rsvl.methods.lrsvqa.rfm import RegionFocusModule
+from rsvl.methods.lrsvqa.rfm import AttentionQuery, RegionFocusModule, teacher_attention
 from rsvl.models.llava import tiny_llava
 
 
@@ -57,16 +57,49 @@ def test_modes_feed_the_llm_the_documented_token_budgets(bundle, lrs_root):
     assert isinstance(pyramid.answer, str) and pyramid.seconds.keys() == {"select", "generate"}
 
 
-def test_rfm_scorer_with_the_llms_first_layers_ranks_like_the_llm(bundle):
+def rfm_expectation(bundle, g, tokens, question, cells, rope=True):
+    """The LLM's own attention at layer 2 over the candidate tokens (per head renormalised, head mean)."""
+    seq = bundle.build_sequence(torch.cat([g, tokens]), question, positions=cells)
+    keys = slice(seq.image_slice.start + g.shape[0], seq.image_slice.stop)
+    rope_ids = getattr(seq, "position_ids", None) if rope else None
+    rows = teacher_attention(bundle.model, seq.inputs_embeds, AttentionQuery(seq.query_index, keys), [2], rope_ids)
+    return rows[2].exp().mean(0)
+
+
+def test_scorers_read_the_llms_attention(bundle):
     g = torch.randn(16, bundle.hidden_size, generator=torch.Generator().manual_seed(0))
     tokens = torch.randn(30, bundle.hidden_size, generator=torch.Generator().manual_seed(1))
     llm = LLMAttentionScorer(bundle, layer=2).score(g, tokens, "Where is the ship?")
-    rfm = RFMScorer(bundle, RegionFocusModule(bundle.model, [1, 2]).eval()).score(g, tokens, "Where is the ship?")
-    assert torch.allclose(llm / llm.sum(), rfm, atol=1e-5)
+    seq = bundle.build_sequence(torch.cat([g, tokens]), "Where is the ship?")
+    assert torch.equal(llm, bundle.text_to_image_attention(seq, 2)[16:])
     other = LLMAttentionScorer(bundle, layer=2).score(g, tokens, "How many cars are there?")
     assert not torch.allclose(llm, other)
+    # an RFM initialised with the LLM's first three layers ranks exactly as the LLM's layer 2
+    rfm = RFMScorer(bundle, RegionFocusModule(bundle.model, [1, 2]).eval()).score(g, tokens, "Where is the ship?")
+    assert torch.allclose(rfm, rfm_expectation(bundle, g, tokens, "Where is the ship?", None), atol=1e-6)
     with pytest.raises(InputError, match="layer 9"):
         LLMAttentionScorer(bundle, layer=9)
+
+
+def test_qwen2_5_vl_family_answers_and_its_rfm_reads_the_multimodal_positions(lrs_root):
+    from rsvl.methods.lrsvqa.pipeline import build_bundle
+
+    cfg = LRSVQAConfig.model_validate({"model": {"family": "qwen2_5_vl"}})
+    qwen = build_bundle(cfg)
+    vqa = LargeImageVQA(cfg, bundle=qwen)
+    image = first_image(lrs_root)
+    pyramid = vqa.answer(image, "Where is the roundabout?")
+    assert pyramid.n_tokens == qwen.grid_size**2 + math.ceil(0.25 * pyramid.levels[-1]["tokens"])
+    assert vqa.answer(image, "Where is the roundabout?", "uniform").n_tokens > pyramid.n_tokens
+    # the RFM places tokens with the model's multimodal RoPE (3-D positions), like the LLM does
+    g = torch.randn(4, qwen.hidden_size, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randn(8, qwen.hidden_size, generator=torch.Generator().manual_seed(1))
+    cells = [[0, r, c] for r in range(2) for c in range(2)] + [[1, r, c] for r in range(2) for c in range(4)]
+    cells = torch.tensor(cells)
+    rfm = RFMScorer(qwen, RegionFocusModule(qwen.model, [1, 2]).eval()).score(g, tokens, "Where is the ship?", cells)
+    assert torch.allclose(rfm, rfm_expectation(qwen, g, tokens, "Where is the ship?", cells), atol=1e-6)
+    flat = rfm_expectation(qwen, g, tokens, "Where is the ship?", cells, rope=False)
+    assert not torch.allclose(rfm, flat, atol=1e-6)
 
 
 def test_answer_file_writes_json_and_the_tiles_picture(bundle, lrs_root, tmp_path):

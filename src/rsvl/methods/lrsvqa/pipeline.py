@@ -72,7 +72,8 @@ class RFMScorer:
     ) -> torch.Tensor:
         seq = self.bundle.build_sequence(torch.cat([global_tokens, tokens]), question, positions=positions)
         keys = slice(seq.image_slice.start + global_tokens.shape[0], seq.image_slice.stop)
-        return self.rfm.relevance(seq.inputs_embeds, AttentionQuery(seq.query_index, keys))
+        rope = getattr(seq, "position_ids", None)  # grid-position models (Qwen-VL); None: 0..T-1
+        return self.rfm.relevance(seq.inputs_embeds, AttentionQuery(seq.query_index, keys), rope)
 
 
 def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]:
@@ -93,10 +94,21 @@ def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]
 
 
 def build_bundle(config: LRSVQAConfig) -> Any:
-    """The LLaVA bundle the settings name (local folder, GGUF language model, or tiny random)."""
+    """The model bundle the settings name (local folder, GGUF language model, or tiny random)."""
     from rsvl.models import llava
 
     check_device(config.model.device)
+    if config.model.family == "qwen2_5_vl":
+        from rsvl.models import qwen_vl_tiles
+
+        if config.model.gguf is not None:
+            raise InputError("model.gguf builds a LLaVA head; it does not apply to model.family qwen2_5_vl")
+        tile = config.pyramid.tile_size
+        if config.model.path is not None:
+            model = config.model
+            return qwen_vl_tiles.load_qwen_vl_tiles(model.path, tile or 448, model.device, model.dtype)
+        logger.warning("LRS-VQA: no model path, using a tiny RANDOM Qwen2.5-VL (answers are meaningless)")
+        return qwen_vl_tiles.tiny_qwen_vl_tiles(tile_size=tile or 56)
     if config.model.path is not None:
         return llava.load_llava(config.model.path, config.model.device, config.model.dtype)
     if config.model.gguf is not None:
@@ -205,8 +217,7 @@ class LargeImageVQA:
 
     def full_resolution_tokens(self, dip: DynamicPyramid) -> int:
         """Tokens that tiling the native image (plus the global view) would feed the LLM."""
-        vision = self.bundle.model.config.vision_config
-        full = int(vision.image_size) // int(vision.patch_size)
+        full = int(self.bundle.grid_size)  # tokens per tile side before pooling (the global view's)
         grid = self.config.model.pool or full
         return int(full * full + len(dip.level(0)) * grid * grid)
 

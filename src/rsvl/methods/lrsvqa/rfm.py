@@ -69,8 +69,12 @@ def attention_rows(
     inputs_embeds: torch.Tensor,
     query: AttentionQuery,
     capture: Iterable[int],
+    rope_positions: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """Run decoder ``layers`` over ``inputs_embeds (1, T, D)``; log-attention of the query over the keys.
+
+    ``rope_positions``: the positions the rotary embedding reads, when they are not ``0..T-1``
+    (Qwen2-VL's multimodal RoPE: ``(3, 1, T)``, as the model's own forward passes them).
 
     Returns ``{i: (H, K)}`` for every ``i`` in ``capture``: the log of layer ``i``'s attention
     probabilities from ``query.query_index`` to ``query.keys``, renormalised over those keys (so
@@ -101,7 +105,7 @@ def attention_rows(
     try:
         hidden = inputs_embeds
         positions = torch.arange(length, device=hidden.device)[None]
-        embeddings = rotary_emb(hidden, positions)
+        embeddings = rotary_emb(hidden, positions if rope_positions is None else rope_positions.to(hidden.device))
         mask = _causal_mask(length, hidden.dtype, hidden.device)
         for i, layer in enumerate(layers):
             if i > max(wanted, default=-1):
@@ -130,11 +134,17 @@ def _text_model(model: nn.Module) -> nn.Module:
     raise InputError(f"{type(model).__name__} has no decoder stack with .layers and .rotary_emb")
 
 
-def teacher_attention(model: nn.Module, inputs_embeds: torch.Tensor, query: AttentionQuery, layers: Sequence[int]):
+def teacher_attention(
+    model: nn.Module,
+    inputs_embeds: torch.Tensor,
+    query: AttentionQuery,
+    layers: Sequence[int],
+    rope_positions: torch.Tensor | None = None,
+) -> dict[int, torch.Tensor]:
     """The LLM's log-attention ``{layer: (H, K)}`` over the vision tokens at ``layers`` (no gradients)."""
     text = _text_model(model)
     with torch.no_grad():
-        return attention_rows(list(text.layers), text.rotary_emb, inputs_embeds, query, layers)
+        return attention_rows(list(text.layers), text.rotary_emb, inputs_embeds, query, layers, rope_positions)
 
 
 class RegionFocusModule(nn.Module):
@@ -163,15 +173,21 @@ class RegionFocusModule(nn.Module):
         for i, layer in enumerate(self.layers):
             layer.self_attn.layer_idx = i
 
-    def log_attention(self, inputs_embeds: torch.Tensor, query: AttentionQuery) -> list[torch.Tensor]:
+    def log_attention(
+        self, inputs_embeds: torch.Tensor, query: AttentionQuery, rope_positions: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Student log-attention ``(H, K)`` of layers ``1..n``, one per teacher layer."""
-        rows = attention_rows(self.layers, self.rotary_emb, inputs_embeds, query, range(1, len(self.layers)))
+        layers = range(1, len(self.layers))
+        rows = attention_rows(self.layers, self.rotary_emb, inputs_embeds, query, layers, rope_positions)
         return [rows[j] for j in range(1, len(self.layers))]
 
     @torch.no_grad()
-    def relevance(self, inputs_embeds: torch.Tensor, query: AttentionQuery) -> torch.Tensor:
+    def relevance(
+        self, inputs_embeds: torch.Tensor, query: AttentionQuery, rope_positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(K,)`` relevance of the vision tokens: the last layer's head-averaged attention."""
-        last = attention_rows(self.layers, self.rotary_emb, inputs_embeds, query, [len(self.layers) - 1])
+        last_layer = [len(self.layers) - 1]
+        last = attention_rows(self.layers, self.rotary_emb, inputs_embeds, query, last_layer, rope_positions)
         return last[len(self.layers) - 1].exp().mean(dim=0)
 
 
@@ -196,11 +212,12 @@ def distill_step(
     inputs_embeds: torch.Tensor,
     query: AttentionQuery,
     temperature: float = 2.0,
+    rope_positions: torch.Tensor | None = None,
 ) -> float:
     """One optimisation step of the RFM towards the LLM's attention on one sequence; returns the loss."""
-    teacher = teacher_attention(model, inputs_embeds.detach(), query, rfm.teacher_layers)
+    teacher = teacher_attention(model, inputs_embeds.detach(), query, rfm.teacher_layers, rope_positions)
     rfm.train()
-    student = rfm.log_attention(inputs_embeds.detach(), query)
+    student = rfm.log_attention(inputs_embeds.detach(), query, rope_positions)
     loss = distillation_loss(student, [teacher[i] for i in rfm.teacher_layers], temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -131,6 +131,30 @@ def test_benchmark_answers_resume_and_score(bundle, lrs_root, tmp_path):
     assert report.metrics == pytest.approx(rest["report"]["metrics"])
     with pytest.raises(InputError, match="made with other mode"):
         answer_dataset(vqa, lrs_root, out, mode="uniform", wordnet=False, progress=False)
+    # the same folder over a changed dataset (other questions under the same ids) is refused
+    jsonl = lrs_root / "LRS_VQA" / "LRS_VQA_merged.jsonl"
+    original = jsonl.read_text()
+    try:
+        jsonl.write_text(original.replace("What is the color", "What colour is", 1))
+        with pytest.raises(InputError, match="dataset changed"):
+            answer_dataset(vqa, lrs_root, out, wordnet=False, progress=False)
+    finally:
+        jsonl.write_text(original)
+
+
+def test_built_models_follow_the_configured_dtype():
+    from rsvl.methods.lrsvqa.pipeline import build_bundle
+
+    bundle = build_bundle(LRSVQAConfig.model_validate({"model": {"dtype": "bfloat16"}}))
+    assert bundle.dtype == torch.bfloat16 and next(bundle.model.parameters()).dtype == torch.bfloat16
+
+
+def test_pruning_keeps_exactly_ceil_ratio_tokens():
+    from rsvl.methods.lrsvqa.selection import _top
+
+    for ratio, m, k in ((0.07, 100, 7), (0.55, 100, 55), (0.25, 10, 3), (0.01, 5, 1), (1.0, 9, 9)):
+        assert len(_top(torch.arange(m, dtype=torch.float32), ratio)) == k
+    assert _top(torch.tensor([0.1, 0.9, 0.5, 0.7]), 0.5).tolist() == [1, 3]
 
 
 def test_weights_are_required_unless_tiny():

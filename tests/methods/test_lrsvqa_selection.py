@@ -83,13 +83,41 @@ def test_token_child_contains_the_token_centre(big_image):
                 valid = dip.token_valid(tile, 4)
                 centres = dip.token_centres(tile, 4) * dip.level(level).downsample  # native pixels
                 rows = zip(children.reshape(-1, 2), valid.reshape(-1), centres.reshape(-1, 2), strict=True)
+                w, h = dip.source.width, dip.source.height
                 for (r, c), ok, (x, y) in rows:
                     if not ok:
                         continue
                     nat = dip.level(level - 1).tile(int(r), int(c)).native
+                    # an edge cell whose centre falls past the content goes to the last child
+                    x, y = min(x, w - 0.5), min(y, h - 0.5)
                     assert nat.col_off <= x < nat.col_off + nat.width and nat.row_off <= y < nat.row_off + nat.height
         with pytest.raises(InputError):
             dip.token_child(dip.level(0).tile(0, 0), 4)
+        with pytest.raises(InputError, match="multiple of 2"):  # a cell would straddle two children
+            dip.token_child(dip.level(1).tile(0, 0), 3)
+
+
+def test_nodata_cells_are_not_content_and_all_nodata_is_refused(tmp_path):
+    profile = dict(driver="GTiff", width=300, height=200, count=1, dtype="float32", nodata=float("nan"))
+    profile.update(crs="EPSG:32631", transform=Affine(1, 0, 400000.0, 0, -1, 5000000.0))
+    data = np.full((1, 200, 300), np.nan, dtype=np.float32)
+    with rasterio.open(tmp_path / "nan.tif", "w", **profile) as dst:
+        dst.write(data)
+    with DynamicPyramid(tmp_path / "nan.tif", TILE, 2) as dip:
+        with pytest.raises(InputError, match="no valid pixel") as err:
+            coarse_to_fine(dip, "q", MeanColourEncoder(), RednessScorer())
+        assert "nan.tif" in str(err.value)
+    data[:, :, :150] = 100.0  # the right half stays nodata
+    with rasterio.open(tmp_path / "half.tif", "w", **profile) as dst:
+        dst.write(data)
+    with DynamicPyramid(tmp_path / "half.tif", TILE, 2) as dip:
+        sel = coarse_to_fine(dip, "q", MeanColourEncoder(), RednessScorer(), SelectionConfig(pruning_ratio=1.0))
+        for tile in sel.visits[-1].tiles:  # the search never walks into the nodata half
+            assert tile.native.col_off < 150
+        level = dip.level(0)
+        _, valid = dip.read([level.tile(0, 2)])  # native x 112..168: nodata from 150 on
+        cells = dip.token_valid(level.tile(0, 2), 4, valid[0])
+        assert cells[:, :3].all() and not cells[:, 3].any()
 
 
 def test_padding_tokens_are_not_content(big_image):

@@ -30,7 +30,10 @@ def read_done(path: Path, key: str = "id") -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        _end_last_line(path, lines[-1])
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -46,6 +49,19 @@ def read_done(path: Path, key: str = "id") -> dict[str, dict[str, Any]]:
             raise DatasetError(f"record without an {key!r}; delete the file to start over", path, n)
         done[str(record[key])] = record
     return done
+
+
+def _end_last_line(path: Path, last: str) -> None:
+    """A last record without its newline: complete it if it is whole JSON (the next append would
+    glue onto it), else leave it for the torn-line rule below."""
+    try:
+        json.loads(last)
+    except json.JSONDecodeError:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _truncate_last_line(path: Path) -> None:

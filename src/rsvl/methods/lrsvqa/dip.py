@@ -103,21 +103,35 @@ class DynamicPyramid:
         ys = tile.window.row_off + centres
         return np.stack(np.meshgrid(xs, ys), axis=-1)
 
-    def token_valid(self, tile: PyramidTile, grid: int) -> np.ndarray:
-        """``(grid, grid)`` bool: the token's centre lies on the tile's image content, not its padding."""
+    def token_valid(self, tile: PyramidTile, grid: int, valid: np.ndarray | None = None) -> np.ndarray:
+        """``(grid, grid)`` bool: the token's cell overlaps the tile's image content (not only padding).
+
+        With ``valid`` (the tile's ``(S, S)`` pixel mask from :meth:`read`), a cell also needs at
+        least one valid pixel: cells entirely on nodata are not image content either.
+        """
         step = self.tile_size / grid
-        centres = (np.arange(grid) + 0.5) * step
-        cols = centres < tile.window.width
-        rows = centres < tile.window.height
-        return rows[:, None] & cols[None, :]
+        starts = np.arange(grid) * step
+        inside = (starts < tile.window.height)[:, None] & (starts < tile.window.width)[None, :]
+        if valid is None:
+            return inside
+        edges = np.round(np.arange(grid + 1) * step).astype(int)
+        any_valid = np.logical_or.reduceat(np.logical_or.reduceat(valid, edges[:-1], axis=0), edges[:-1], axis=1)
+        return inside & any_valid
 
     def token_child(self, tile: PyramidTile, grid: int) -> np.ndarray:
         """``(grid, grid, 2)`` ``(row, col)`` of the next finer level's tile under each token's centre.
 
-        Only meaningful above level 0 and for valid tokens; indices are clipped to the finer grid.
+        Only meaningful above level 0 and for valid tokens; indices are clipped to the finer grid
+        (a cell on the content's edge may have its centre in the padding). ``grid`` must be a
+        multiple of ``factor`` so that every cell lies in exactly one child tile.
         """
         if tile.level == 0:
             raise InputError("level 0 (native resolution) has no finer level")
+        if grid % self.factor:
+            raise InputError(
+                f"a {grid} x {grid} token grid does not split into the {self.factor} x {self.factor} child tiles; "
+                f"choose model.pool (or a tile size) whose token grid is a multiple of {self.factor}"
+            )
         finer = self.level(tile.level - 1)
         centres = self.token_centres(tile, grid)
         # a level-k pixel x covers finer pixels [x*f, (x+1)*f): the centre maps to x * f

@@ -2,7 +2,7 @@
 
 One image: the answer and what was looked at go to ``<stem>.vqa.json``; with ``show_tiles`` a
 picture ``<stem>.tiles.png`` draws, over a decimated view of the whole image, the tiles encoded at
-each pyramid level (coarse levels in blue, finer in yellow, the last level in red).
+each pyramid level (the last level in red, coarser ones orange, yellow, green, cyan, blue going up).
 
 A benchmark: questions are answered in dataset order and appended to ``predictions.jsonl`` in the
 authors' answer layout (``question_id``, ``prompt``, ``category``, ``text`` = the answer,
@@ -124,6 +124,17 @@ def answer_dataset(
     stale = sorted(set(done) - set(keys))
     if stale:
         raise InputError(f"{len(stale)} earlier answers (e.g. {stale[0]!r}) are not questions of this run", jsonl)
+    for key, (sample, qa) in zip(keys, items, strict=True):
+        old = done.get(key)
+        if old is not None and (old.get("prompt"), old.get("image"), old.get("ground_truth")) != (
+            qa.question,
+            sample.image,
+            qa.answer,
+        ):
+            raise InputError(
+                f"earlier answer {key!r} was to another question or image (the dataset changed); use --no-resume",
+                jsonl,
+            )
     new = 0
     with open(jsonl, "a", encoding="utf-8") as fh, progress_bar(progress, label="[bold]vqa[/]") as bar:
         task = bar.add_task("questions", total=len(items), completed=sum(k in done for k in keys))
@@ -138,7 +149,7 @@ def answer_dataset(
                     current = (sample, vqa.open(sample.image_path))
                 answer = vqa.answer(current[1], qa.question, mode)
                 record = {
-                    "question_id": key,
+                    "question_id": qa.id if qa.id is not None else key,
                     "image": sample.image,
                     "prompt": qa.question,
                     "category": qa.type,

@@ -31,6 +31,7 @@ from rsvl.methods.lrsvqa.config import LRSVQAConfig
 from rsvl.methods.lrsvqa.dip import DynamicPyramid
 from rsvl.methods.lrsvqa.rfm import AttentionQuery, RegionFocusModule, load_rfm
 from rsvl.methods.lrsvqa.selection import LevelVisit, Selection, coarse_to_fine, uniform_tokens
+from rsvl.models.folders import torch_dtype
 from rsvl.utils.device import check_device
 
 __all__ = ["LLMAttentionScorer", "LargeImageVQA", "RFMScorer", "VQAAnswer", "build_bundle", "check_weights"]
@@ -82,7 +83,10 @@ def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]
     if config.model.path is None and config.model.gguf is None:
         random.append("the whole VLM: pass --model-path (a LLaVA folder) or --gguf")
     elif config.model.path is None:
-        random.append("the vision tower and projector (only the GGUF language model is real)")
+        if config.model.vision_path:
+            random.append("the projector (the GGUF language model and the CLIP tower are real)")
+        else:
+            random.append("the vision tower and projector (only the GGUF language model is real)")
     if config.selection.scorer == "rfm" and config.rfm.path is None:
         random.append("the RFM starts from the LLM's layers, not distilled: pass --rfm-path")
     if random and config.model.path is None and config.model.gguf is None and not allow_random:
@@ -94,7 +98,14 @@ def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]
 
 
 def build_bundle(config: LRSVQAConfig) -> Any:
-    """The model bundle the settings name (local folder, GGUF language model, or tiny random)."""
+    """The model bundle the settings name (local folder, GGUF language model, or tiny random),
+    on ``model.device`` in ``model.dtype``."""
+    bundle = _build_bundle(config)
+    bundle.model.to(device=check_device(config.model.device), dtype=torch_dtype(config.model.dtype))
+    return bundle
+
+
+def _build_bundle(config: LRSVQAConfig) -> Any:
     from rsvl.models import llava
 
     check_device(config.model.device)

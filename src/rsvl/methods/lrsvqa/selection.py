@@ -105,19 +105,20 @@ class Selection:
 
 
 def _encode(dip: DynamicPyramid, encoder: TileEncoder, tiles: list[PyramidTile], pool: int | None):
-    images, _ = dip.read(tiles)
+    """Tokens ``(N, g, g, D)`` of the tiles, ``g``, and which cells hold image content (not padding/nodata)."""
+    images, pixel_valid = dip.read(tiles)
     grid_tokens = encoder.encode_tiles(images, pool=pool)
     if grid_tokens.ndim != 4 or grid_tokens.shape[0] != len(tiles) or grid_tokens.shape[1] != grid_tokens.shape[2]:
         raise InputError(f"the encoder returned tokens of shape {tuple(grid_tokens.shape)} for {len(tiles)} tiles")
     grid = int(grid_tokens.shape[1])
-    valid = np.stack([dip.token_valid(t, grid) for t in tiles])
+    valid = np.stack([dip.token_valid(t, grid, v) for t, v in zip(tiles, pixel_valid, strict=True)])
     return grid_tokens, grid, valid
 
 
 def _top(scores: torch.Tensor, ratio: float) -> np.ndarray:
     """Indices of the top ``ceil(ratio * M)`` scores (at least one), in ascending index order."""
     m = int(scores.shape[0])
-    k = max(1, min(m, math.ceil(ratio * m)))
+    k = max(1, min(m, math.ceil(round(ratio * m, 9))))  # round: 0.07 * 100 is 7.000000000000001
     idx = torch.topk(scores.float(), k, sorted=False).indices.cpu().numpy()
     return np.sort(idx)
 
@@ -206,7 +207,9 @@ def _cells(n_tiles: int, grid: int, first_image: int = 1) -> torch.Tensor:
 
 def _global_tokens(dip: DynamicPyramid, encoder: TileEncoder) -> tuple[torch.Tensor, torch.Tensor]:
     """``(G, D)`` tokens of the global view (never pooled, never pruned, as the authors do), and cells."""
-    global_image, _ = dip.global_view()
+    global_image, valid = dip.global_view()
+    if not valid.any():
+        raise InputError("the image has no valid pixel (all nodata or NaN)", dip.source.path)
     tokens = encoder.encode_tiles(global_image[None], pool=None)[0]
     return tokens.reshape(-1, tokens.shape[-1]), _cells(1, int(tokens.shape[0]), first_image=0)
 

@@ -52,6 +52,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from rsvl.errors import InputError
 from rsvl.models.folders import check_model_folder, torch_dtype
 from rsvl.models.qwen2_5_vl import build_qwen2_tokenizer
+from rsvl.models.tile_bundle import TileBundle, VQASequence
 
 logger = logging.getLogger(__name__)
 
@@ -101,37 +102,11 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TEMPLATE_WORDS = ("USER", "ASSISTANT", "Answer", "image")
 
 
-class _StopForward(Exception):  # noqa: N818 - control flow, not an error
-    """Raised from a hook to end a forward pass once the wanted layer has run."""
-
-
 # --------------------------------------------------------------------------- the bundle
 
 
 @dataclass
-class VQASequence:
-    """A prompt ready for the language model: embeddings with the image tokens spliced in.
-
-    Attributes:
-        inputs_embeds: ``(1, T, D)`` embeddings (text tokens embedded by the model, image tokens as given).
-        image_slice: positions ``T`` of the image tokens (``inputs_embeds[0, image_slice]`` are they).
-        query_index: the last prompt token (``T - 1``), whose next-token prediction starts the answer.
-        prompt: the rendered prompt text, with the image placeholder where the image tokens are.
-    """
-
-    inputs_embeds: torch.Tensor
-    image_slice: slice
-    query_index: int
-    prompt: str
-
-    @property
-    def n_image_tokens(self) -> int:
-        """How many image tokens the sequence holds."""
-        return self.image_slice.stop - self.image_slice.start
-
-
-@dataclass
-class LlavaBundle:
+class LlavaBundle(TileBundle):
     """A ``LlavaForConditionalGeneration`` (eager attention, eval mode), its tokenizer and image processor.
 
     Attributes:
@@ -161,52 +136,7 @@ class LlavaBundle:
         """Patches per side of a tile (``tile_size // patch_size``)."""
         return self.tile_size // int(self.model.config.vision_config.patch_size)
 
-    @property
-    def hidden_size(self) -> int:
-        """Width ``D`` of the language model (and of the projected image tokens)."""
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def num_layers(self) -> int:
-        """Decoder layers of the language model."""
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def image_token(self) -> str:
-        """The tokenizer's image placeholder (the token of ``config.image_token_id``)."""
-        return str(self.tokenizer.convert_ids_to_tokens(int(self.model.config.image_token_id)))
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
     # ------------------------------------------------------------------ vision
-
-    def _check_tiles(self, tiles: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        size = self.tile_size
-        if isinstance(tiles, np.ndarray):
-            if tiles.ndim == 3:
-                raise InputError(f"tiles must be (N, {size}, {size}, 3); got one tile {tiles.shape}, add a batch axis")
-            arrays = tiles
-        else:
-            items = list(tiles)
-            for i, tile in enumerate(items):
-                if not isinstance(tile, np.ndarray):
-                    raise InputError(f"tile {i} is a {type(tile).__name__}, expected a numpy uint8 array")
-                if tile.shape != (size, size, 3) or tile.dtype != np.uint8:
-                    raise InputError(
-                        f"tile {i} has shape {tile.shape} and dtype {tile.dtype}; expected ({size}, {size}, 3) uint8"
-                    )
-            arrays = np.stack(items) if items else np.zeros((0, size, size, 3), np.uint8)
-        if arrays.ndim != 4 or arrays.shape[1:] != (size, size, 3):
-            raise InputError(f"tiles have shape {arrays.shape}; expected (N, {size}, {size}, 3) for this vision tower")
-        if arrays.dtype != np.uint8:
-            raise InputError(f"tiles have dtype {arrays.dtype}; expected uint8 RGB")
-        return arrays
 
     def pixel_values(self, tiles: np.ndarray) -> torch.Tensor:
         """``(N, S, S, 3)`` uint8 -> ``(N, 3, S, S)`` normalised pixels (the processor, no resize or crop)."""
@@ -219,69 +149,22 @@ class LlavaBundle:
         )
         return out["pixel_values"].to(device=self.device, dtype=self.dtype)
 
-    def encode_tiles(
-        self,
-        tiles: Sequence[np.ndarray] | np.ndarray,
-        pool: int | None = None,
-        batch_size: int = 8,
-        grad: bool = False,
-    ) -> torch.Tensor:
-        """Square uint8 tiles -> ``(N, g, g, D)`` image tokens in the language model's space.
-
-        Runs the model's own ``get_image_features`` (vision tower, the config's
-        ``vision_feature_layer`` and ``vision_feature_select_strategy``, projector) ``batch_size``
-        tiles at a time. CLS is dropped (``"default"`` strategy; for ``"full"`` too, so the tokens
-        form the ``g x g`` patch grid, ``g = tile_size // patch_size``). ``pool`` bilinearly resizes
-        each grid to ``pool x pool`` (LRS-VQA pools LLaVA's 24 x 24 to 12 x 12). Tiles of the wrong
-        size or dtype raise :class:`InputError`. ``grad=True`` keeps the autograd graph (training the
-        vision tower or projector); by default no graph is built.
-        """
-        with torch.set_grad_enabled(grad):
-            return self._encode_tiles(tiles, pool, batch_size)
-
-    def _encode_tiles(self, tiles: Sequence[np.ndarray] | np.ndarray, pool: int | None, batch_size: int):
-        arrays = self._check_tiles(tiles)
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        if pool is not None and int(pool) < 1:
-            raise InputError(f"pool must be >= 1 (or None), got {pool}")
-        g, d = self.grid_size, self.hidden_size
-        side = g if pool is None else int(pool)
-        if len(arrays) == 0:
-            return torch.zeros((0, side, side, d), device=self.device, dtype=self.dtype)
+    def _tile_features(self, tiles: np.ndarray) -> torch.Tensor:
+        """The model's own ``get_image_features`` (vision tower, the config's ``vision_feature_layer``
+        and ``vision_feature_select_strategy``, projector); CLS dropped, so the tokens form the
+        ``g x g`` patch grid, ``g = tile_size // patch_size``."""
         config = self.model.config
-        chunks = []
-        for start in range(0, len(arrays), batch_size):
-            pixels = self.pixel_values(arrays[start : start + batch_size])
-            out = self.model.model.get_image_features(
-                pixel_values=pixels,
-                vision_feature_layer=config.vision_feature_layer,
-                vision_feature_select_strategy=config.vision_feature_select_strategy,
-            )
-            feats = torch.stack(list(out.pooler_output))  # (n, P, D)
-            if feats.shape[1] == g * g + 1:  # "full" strategy keeps CLS in front
-                feats = feats[:, 1:]
-            if feats.shape[1] != g * g:
-                raise InputError(f"the vision tower gave {feats.shape[1]} tokens per tile, expected {g}x{g}")
-            grid = feats.reshape(len(feats), g, g, d)
-            if pool is not None and side != g:
-                grid = torch.nn.functional.interpolate(
-                    grid.permute(0, 3, 1, 2), size=(side, side), mode="bilinear", align_corners=False
-                ).permute(0, 2, 3, 1)
-            chunks.append(grid)
-        return torch.cat(chunks).contiguous()
+        out = self.model.model.get_image_features(
+            pixel_values=self.pixel_values(tiles),
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        feats = torch.stack(list(out.pooler_output))  # (n, P, D)
+        if feats.shape[1] == self.grid_size**2 + 1:  # "full" strategy keeps CLS in front
+            feats = feats[:, 1:]
+        return feats
 
     # ------------------------------------------------------------------ text
-
-    def _embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
-        table = self.model.get_input_embeddings()
-        return table(torch.tensor(list(ids), dtype=torch.long, device=table.weight.device))
-
-    @torch.no_grad()
-    def embed_text(self, text: str) -> torch.Tensor:
-        """``(L, D)`` input embeddings of ``text``'s tokens, exactly as tokenised: no BOS, EOS or template."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._embed_ids(ids)
 
     def render_prompt(self, question: str, system: str | None = None) -> str:
         """The prompt text with one image placeholder: the tokenizer's chat template, else :data:`PLAIN_TEMPLATE`.
@@ -359,37 +242,7 @@ class LlavaBundle:
         ``layer`` has run; the weights are those ``model(..., output_attentions=True)`` returns.
         ``query_index`` defaults to ``seq.query_index``; ``layer`` may be negative (from the end).
         """
-        n_layers = self.num_layers
-        if not -n_layers <= layer < n_layers:
-            raise InputError(f"layer {layer} out of range for a {n_layers}-layer language model")
-        layer = layer % n_layers
-        query = seq.query_index if query_index is None else int(query_index)
-        length = int(seq.inputs_embeds.shape[1])
-        if not 0 <= query < length:
-            raise InputError(f"query_index {query} outside the sequence of {length} tokens")
-        lm = self.model.model.language_model
-        captured: list[torch.Tensor] = []
-
-        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise RuntimeError(
-                    f"layer {layer} returned no attention weights; the model must use eager attention "
-                    f"(it uses {self.model.config.text_config._attn_implementation!r})"
-                )
-            captured.append(weights[0, :, query, seq.image_slice].float().mean(0))
-            raise _StopForward
-
-        handle = lm.layers[layer].self_attn.register_forward_hook(hook)
-        try:
-            lm(inputs_embeds=seq.inputs_embeds.to(device=self.device, dtype=self.dtype), use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"layer {layer} did not run")
-        return captured[0]
+        return self._attention_row(seq, layer, query_index, {})
 
     @torch.no_grad()
     def generate(self, seq: VQASequence, max_new_tokens: int = 16) -> str:

@@ -36,8 +36,8 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from rsvl.errors import InputError
-from rsvl.models.llava import VQASequence
 from rsvl.models.qwen2_5_vl import load_qwen2_5_vl, tiny_qwen2_5_vl
+from rsvl.models.tile_bundle import TileBundle, VQASequence
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ def _check_tile_size(tile_size: Any, unit: int) -> int:
     if not integer or tile_size < unit or tile_size % unit:
         raise InputError(f"tile_size must be a positive multiple of patch x merge size {unit}, got {tile_size!r}")
     return int(tile_size)
-
-
-class _StopForward(Exception):  # noqa: N818 - control flow, not an error
-    """Raised from a hook to end a forward pass once the wanted layer has run."""
 
 
 @dataclass
@@ -166,7 +162,7 @@ def full_tile_positions(n_tiles: int, grid: int) -> torch.Tensor:
 
 
 @dataclass
-class QwenVLTileBundle:
+class QwenVLTileBundle(TileBundle):
     """A ``Qwen2_5_VLForConditionalGeneration`` (eager attention, eval mode) reading square tiles.
 
     Attributes:
@@ -212,52 +208,7 @@ class QwenVLTileBundle:
         """Tokens per tile side after the ``merge x merge`` patch merger (``tile_size / 14 / 2``)."""
         return self.tile_size // (self.patch_size * self.merge_size)
 
-    @property
-    def hidden_size(self) -> int:
-        """Width ``D`` of the language model (and of the merged image tokens)."""
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def num_layers(self) -> int:
-        """Decoder layers of the language model."""
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def image_token(self) -> str:
-        """The image placeholder ``<|image_pad|>`` (the token of ``config.image_token_id``)."""
-        return str(self.tokenizer.convert_ids_to_tokens(int(self.model.config.image_token_id)))
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
     # ------------------------------------------------------------------ vision
-
-    def _check_tiles(self, tiles: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        size = self.tile_size
-        if isinstance(tiles, np.ndarray):
-            if tiles.ndim == 3:
-                raise InputError(f"tiles must be (N, {size}, {size}, 3); got one tile {tiles.shape}, add a batch axis")
-            arrays = tiles
-        else:
-            items = list(tiles)
-            for i, tile in enumerate(items):
-                if not isinstance(tile, np.ndarray):
-                    raise InputError(f"tile {i} is a {type(tile).__name__}, expected a numpy uint8 array")
-                if tile.shape != (size, size, 3) or tile.dtype != np.uint8:
-                    raise InputError(
-                        f"tile {i} has shape {tile.shape} and dtype {tile.dtype}; expected ({size}, {size}, 3) uint8"
-                    )
-            arrays = np.stack(items) if items else np.zeros((0, size, size, 3), np.uint8)
-        if arrays.ndim != 4 or arrays.shape[1:] != (size, size, 3):
-            raise InputError(f"tiles have shape {arrays.shape}; expected (N, {size}, {size}, 3) for tile_size {size}")
-        if arrays.dtype != np.uint8:
-            raise InputError(f"tiles have dtype {arrays.dtype}; expected uint8 RGB")
-        return arrays
 
     def pixel_values(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, S, S, 3)`` uint8 -> the processor's ``pixel_values`` ``(n*P, C*T*14*14)`` and ``image_grid_thw``.
@@ -270,60 +221,16 @@ class QwenVLTileBundle:
         )
         return out["pixel_values"].to(self.device), out["image_grid_thw"].to(self.device)
 
-    def encode_tiles(
-        self,
-        tiles: Sequence[np.ndarray] | np.ndarray,
-        pool: int | None = None,
-        batch_size: int = 8,
-        grad: bool = False,
-    ) -> torch.Tensor:
-        """Square uint8 tiles -> ``(N, g, g, D)`` merged image tokens in the language model's space.
-
-        Each tile goes through the model's own ``get_image_features`` (vision tower with its
-        window attention, patch merger) as one image; the merged tokens come out in the model's
-        raster order over the ``g x g`` grid (``g`` = :attr:`grid_size`), token ``k`` at
-        ``(k // g, k % g)``, which is the cell ``get_rope_index`` gives it. ``pool`` bilinearly
-        resizes each grid to ``pool x pool`` (as :meth:`LlavaBundle.encode_tiles`). Tiles of the
-        wrong size or dtype raise :class:`InputError`; ``grad=True`` keeps the autograd graph.
-        """
-        with torch.set_grad_enabled(grad):
-            return self._encode_tiles(tiles, pool, batch_size)
-
-    def _encode_tiles(self, tiles: Sequence[np.ndarray] | np.ndarray, pool: int | None, batch_size: int):
-        arrays = self._check_tiles(tiles)
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        if pool is not None and int(pool) < 1:
-            raise InputError(f"pool must be >= 1 (or None), got {pool}")
-        g, d = self.grid_size, self.hidden_size
-        side = g if pool is None else int(pool)
-        if len(arrays) == 0:
-            return torch.zeros((0, side, side, d), device=self.device, dtype=self.dtype)
-        chunks = []
-        for start in range(0, len(arrays), batch_size):
-            pixels, grid_thw = self.pixel_values(arrays[start : start + batch_size])
-            out = self.model.get_image_features(pixel_values=pixels, image_grid_thw=grid_thw)
-            feats = torch.stack(list(out.pooler_output))  # (n, g*g, D)
-            if feats.shape[1] != g * g:
-                raise RuntimeError(f"the vision tower gave {feats.shape[1]} tokens per tile, expected {g}x{g}")
-            grid = feats.reshape(len(feats), g, g, d)
-            if side != g:
-                grid = torch.nn.functional.interpolate(
-                    grid.permute(0, 3, 1, 2), size=(side, side), mode="bilinear", align_corners=False
-                ).permute(0, 2, 3, 1)
-            chunks.append(grid)
-        return torch.cat(chunks).contiguous()
+    def _tile_features(self, tiles: np.ndarray) -> torch.Tensor:
+        """Each tile through the model's own ``get_image_features`` (vision tower with its window
+        attention, patch merger) as one image; the merged tokens come out in the model's raster
+        order over the ``g x g`` grid, token ``k`` at ``(k // g, k % g)``, the cell
+        ``get_rope_index`` gives it."""
+        pixels, grid_thw = self.pixel_values(tiles)
+        out = self.model.get_image_features(pixel_values=pixels, image_grid_thw=grid_thw)
+        return torch.stack(list(out.pooler_output))  # (n, g*g, D)
 
     # ------------------------------------------------------------------ text
-
-    def _embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
-        table = self.model.get_input_embeddings()
-        return table(torch.tensor(list(ids), dtype=torch.long, device=table.weight.device))
-
-    @torch.no_grad()
-    def embed_text(self, text: str) -> torch.Tensor:
-        """``(L, D)`` input embeddings of ``text``'s tokens, exactly as tokenised: no template."""
-        return self._embed_ids(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render_prompt(self, question: str, system: str | None = None) -> str:
         """The processor's chat template for one user turn ``[image, question]`` (Qwen's default system turn
@@ -413,41 +320,7 @@ class QwenVLTileBundle:
         ``model(..., output_attentions=True)`` returns. ``query_index`` defaults to
         ``seq.query_index``; ``layer`` may be negative (from the end).
         """
-        n_layers = self.num_layers
-        if not -n_layers <= layer < n_layers:
-            raise InputError(f"layer {layer} out of range for a {n_layers}-layer language model")
-        layer = layer % n_layers
-        query = seq.query_index if query_index is None else int(query_index)
-        length = int(seq.inputs_embeds.shape[1])
-        if not 0 <= query < length:
-            raise InputError(f"query_index {query} outside the sequence of {length} tokens")
-        lm = self.model.model.language_model
-        captured: list[torch.Tensor] = []
-
-        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise RuntimeError(
-                    f"layer {layer} returned no attention weights; the model must use eager attention "
-                    f"(it uses {self.model.config.text_config._attn_implementation!r})"
-                )
-            captured.append(weights[0, :, query, seq.image_slice].float().mean(0))
-            raise _StopForward
-
-        handle = lm.layers[layer].self_attn.register_forward_hook(hook)
-        try:
-            lm(
-                inputs_embeds=seq.inputs_embeds.to(device=self.device, dtype=self.dtype),
-                position_ids=self._positions(seq),
-                use_cache=False,
-            )
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"layer {layer} did not run")
-        return captured[0]
+        return self._attention_row(seq, layer, query_index, {"position_ids": self._positions(seq)})
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id

@@ -348,6 +348,42 @@ train_app = typer.Typer(help="Train a method from a YAML recipe (configs/<method
 app.add_typer(train_app, name="train")
 
 
+@train_app.command("lrsvqa-rfm")
+@_fails_cleanly
+def train_lrsvqa_rfm(
+    root: Annotated[Path, typer.Option(help="A VQA dataset root (lrsvqa format) whose questions are the data.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (rfm.safetensors, report.json).")] = Path(
+        "runs/lrsvqa_rfm"
+    ),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML (configs/lrsvqa/).")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="Local LLaVA (or Qwen2.5-VL) folder: the teacher.")] = None,
+    gguf: Annotated[Path | None, typer.Option(help="A GGUF language model under a LLaVA head.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Distillation steps (one question each).")] = 200,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Allow a tiny random model (testing only).")] = False,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run folder.")] = True,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting, e.g. rfm.teacher_layers=[2,8].")
+    ] = None,
+) -> None:
+    """Distil LRS-VQA's Region Focus Module from the LLM's own text-to-image attention."""
+    from rsvl.methods.lrsvqa.distill import distill_on_dataset
+    from rsvl.methods.lrsvqa.pipeline import LargeImageVQA, check_weights
+
+    cfg = _lrsvqa_config(config, overrides, model_path, gguf, None, device)
+    check_weights(cfg, allow_random=tiny)
+    report = distill_on_dataset(
+        LargeImageVQA(cfg), root, out, steps=steps, lr=lr, resume=resume, progress=not _State.quiet
+    )
+    console.print(
+        f"RFM distilled for {report['steps']} steps: held-out loss {report['held_out_loss_before']:.4f} -> "
+        f"{report['held_out_loss_after']:.4f} ({report['held_out_questions']} questions)",
+        highlight=False,
+    )
+    console.print(f"weights: {report['weights']}  (use with rsvl vqa --rfm-path)", highlight=False)
+
+
 @train_app.command("vlm4rsdet")
 @_fails_cleanly
 def train_vlm4rsdet(
@@ -472,9 +508,6 @@ def ground(
         if given:
             raise InputError(f"{', '.join(given)} only apply with --dataset")
     sets = list(overrides or [])
-    for key, value in (("overview.path", vlm_path), ("focus.path", sd_path), ("refine.path", sam_path)):
-        if value is not None:
-            sets.append(f"{key}={value}")
     if sam_path is not None:
         sets.append("refine.sam=true")
     if focus is not None:
@@ -488,6 +521,10 @@ def ground(
     if device is not None:
         sets += [f"overview.device={device}", f"focus.device={device}", f"refine.device={device}"]
     cfg = load_config(ZeroOVConfig, config, sets)
+    # paths set directly: a path is not YAML ("no", "123" or "#x" would be misread)
+    for section, value in ((cfg.overview, vlm_path), (cfg.focus, sd_path), (cfg.refine, sam_path)):
+        if value is not None:
+            section.path = value
     random_stages = check_weights(cfg, allow_random=tiny)
     for stage in random_stages:
         err_console.print(f"[yellow]warning:[/] tiny random model for {stage.split(':')[0]}", highlight=False)
@@ -528,6 +565,32 @@ def ground(
         console.print(f"{kind}: {path}", highlight=False)
 
 
+def _lrsvqa_config(
+    config: Path | None,
+    overrides: list[str] | None,
+    model_path: Path | None,
+    gguf: Path | None,
+    rfm_path: Path | None,
+    device: str | None,
+) -> Any:
+    """LRS-VQA settings from the YAML, ``--set`` overrides and the path options (set directly:
+    a path is not YAML, "no" or "123" would be misread)."""
+    from rsvl.methods.lrsvqa.config import LRSVQAConfig
+    from rsvl.utils.config import load_config
+
+    cfg = load_config(LRSVQAConfig, config, list(overrides or []))
+    if model_path is not None:
+        cfg.model.path = model_path
+    if gguf is not None:
+        cfg.model.gguf = gguf
+    if rfm_path is not None:
+        cfg.rfm.path = rfm_path
+        cfg.selection.scorer = "rfm"
+    if device is not None:
+        cfg.model.device = device
+    return cfg
+
+
 @app.command()
 @_fails_cleanly
 def vqa(
@@ -551,10 +614,8 @@ def vqa(
     ] = None,
 ) -> None:
     """LRS-VQA: answer a question about a very large image via the pyramid and text-guided token pruning."""
-    from rsvl.methods.lrsvqa.config import LRSVQAConfig
     from rsvl.methods.lrsvqa.infer import answer_dataset, answer_file
     from rsvl.methods.lrsvqa.pipeline import MODES, LargeImageVQA, check_weights
-    from rsvl.utils.config import load_config
 
     if dataset is None and (image is None or question is None):
         raise InputError("give IMAGE and QUESTION, or --dataset with --root")
@@ -564,15 +625,7 @@ def vqa(
         raise InputError("--root and --limit only apply with --dataset")
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}; known: {', '.join(MODES)}")
-    sets = list(overrides or [])
-    for key, value in (("model.path", model_path), ("model.gguf", gguf), ("rfm.path", rfm_path)):
-        if value is not None:
-            sets.append(f"{key}={value}")
-    if rfm_path is not None:
-        sets.append("selection.scorer=rfm")
-    if device is not None:
-        sets.append(f"model.device={device}")
-    cfg = load_config(LRSVQAConfig, config, sets)
+    cfg = _lrsvqa_config(config, overrides, model_path, gguf, rfm_path, device)
     for part in check_weights(cfg, allow_random=tiny):
         err_console.print(f"[yellow]warning:[/] random weights for {part.split(':')[0]}", highlight=False)
     engine = LargeImageVQA(cfg)

@@ -598,7 +598,9 @@ def vqa(
     question: Annotated[str | None, typer.Argument(help='The question, e.g. "What colour is the ship?".')] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("vqa"),
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML (configs/lrsvqa/).")] = None,
-    model_path: Annotated[Path | None, typer.Option(help="Local LLaVA folder (transformers format).")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Local LLaVA folder (Qwen2.5-VL with --set model.family=qwen2_5_vl).")
+    ] = None,
     gguf: Annotated[Path | None, typer.Option(help="A GGUF language model under a LLaVA head (CPU miniature).")] = None,
     rfm_path: Annotated[Path | None, typer.Option(help="Distilled Region Focus Module weights.")] = None,
     mode: Annotated[str, typer.Option(help="pyramid (the method), no_prune or uniform (baselines).")] = "pyramid",

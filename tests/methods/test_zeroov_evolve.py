@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsvl.errors import InputError
-from rsvl.methods.zeroov.evolve import evolve, grow_regions, mask_box, top_k_seeds
-
-
-def bfs_grow(response: np.ndarray, seeds: np.ndarray, tau: float) -> np.ndarray:
-    """The paper's search, written the slow obvious way (reference for the vectorised one)."""
-    h, w = response.shape
-    out = np.zeros((h, w), dtype=bool)
-    queue = deque((int(r), int(c)) for r, c in seeds if response[r, c] > tau)
-    for r, c in queue:
-        out[r, c] = True
-    while queue:
-        r, c = queue.popleft()
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                rr, cc = r + dr, c + dc
-                if 0 <= rr < h and 0 <= cc < w and not out[rr, cc] and response[rr, cc] > tau:
-                    out[rr, cc] = True
-                    queue.append((rr, cc))
-    return out
+from rsvl.methods.zeroov.evolve import evolve, grow_regions, grow_regions_bfs, mask_box, top_k_seeds
 
 
 @settings(max_examples=60, deadline=None)
@@ -43,7 +23,7 @@ def test_grow_regions_equals_breadth_first_search(h, w, seed, tau, k):
     rng = np.random.default_rng(seed)
     response = rng.random((h, w)).astype(np.float32)
     seeds = np.stack([rng.integers(0, h, k), rng.integers(0, w, k)], axis=1)
-    np.testing.assert_array_equal(grow_regions(response, seeds, tau), bfs_grow(response, seeds, tau))
+    np.testing.assert_array_equal(grow_regions(response, seeds, tau), grow_regions_bfs(response, seeds, tau))
 
 
 def test_growth_is_eight_connected_not_four():

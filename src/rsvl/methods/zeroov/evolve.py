@@ -14,6 +14,7 @@ put all seeds next to one peak. A seed whose fused response is not above ``tau``
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from scipy import ndimage
 from rsvl.errors import InputError
 
 __all__ = ["EvolveResult", "evolve", "grow_regions", "mask_box", "top_k_seeds"]
-
+__all__ = ["EvolveResult", "evolve", "grow_regions", "grow_regions_bfs", "mask_box", "top_k_seeds"]
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -101,3 +102,23 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+
+def grow_regions_bfs(response: np.ndarray, seeds: np.ndarray, tau: float) -> np.ndarray:
+    """The paper's search written the slow obvious way: a breadth-first search through 8-neighbours
+    with response > ``tau`` from every seed above ``tau``. The reference :func:`grow_regions` is
+    tested equal to, and timed against (``benchmarks/zeroov.py``); not for use on large maps."""
+    h, w = response.shape
+    out = np.zeros((h, w), dtype=bool)
+    queue = deque((int(r), int(c)) for r, c in seeds if response[r, c] > tau)
+    for r, c in queue:
+        out[r, c] = True
+    while queue:
+        r, c = queue.popleft()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < h and 0 <= cc < w and not out[rr, cc] and response[rr, cc] > tau:
+                    out[rr, cc] = True
+                    queue.append((rr, cc))
+    return out

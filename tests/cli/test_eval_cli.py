@@ -123,6 +123,13 @@ def test_classification_and_vqa_from_json(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["metrics"]["OA"] == pytest.approx(2 / 3)
     assert report["protocol"]["wordnet"]["enabled"] is False
+    # the same answer file scored against a separate ground truth (its "text" is the prediction)
+    gt_file = tmp_path / "gt_answers.jsonl"
+    gt_file.write_text("\n".join(json.dumps({**x, "text": None}) for x in lines))
+    with_gt = ["eval", "--task", "vqa", "--preset", "lrsvqa", "--gt", str(gt_file), "--pred", str(answers)]
+    result = runner.invoke(app, [*with_gt, "--out", str(out), "--no-wordnet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["metrics"]["OA"] == pytest.approx(2 / 3)
 
 
 def test_unknown_task_and_preset_are_usage_errors(tmp_path: Path) -> None:

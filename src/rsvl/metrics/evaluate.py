@@ -214,7 +214,8 @@ def _evaluate_files(
             results = load_vqa_results(pred, layout)
             return evaluate_vqa(results.gt, results.pred, preset, groups=results.groups, **options)
         gt_map = vqa_from_samples(_samples(gt, gt_format)) if gt.is_dir() else load_vqa_results(gt).gt
-        return evaluate_vqa(gt_map, load_id_mapping(pred, "answer"), preset, **options)
+        # predictions: {id: answer}, or records with "answer", or "text" (the LLaVA / LRS-VQA answer layout)
+        return evaluate_vqa(gt_map, load_id_mapping(pred, ("answer", "text")), preset, **options)
     if task == "caption":
         from rsvl.metrics.caption import captions_from_samples, evaluate_captions, load_coco_captions
 

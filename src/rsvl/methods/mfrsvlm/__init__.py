@@ -15,6 +15,13 @@ pieces, one module each:
   visual positions, so the visual evidence is refreshed during decoding instead of being a one-time
   prefix.
 
+Around them: :mod:`~rsvl.methods.mfrsvlm.model` (the ``MFRSVLM`` module over the real
+``LlavaForConditionalGeneration``: baseline / fusion / fusion + injection variants, generation,
+the two LLaVA training stages with LoRA), :mod:`~rsvl.methods.mfrsvlm.prompts` (task prompts,
+conversation templates, exact loss masking), :mod:`~rsvl.methods.mfrsvlm.data` (caption, VQA and
+classification datasets as a seeded task mix) and :mod:`~rsvl.methods.mfrsvlm.train` (resumable
+training and evaluation).
+
 The authors' implementation is ``github.com/Yunkaidang/RSVLM`` (``mfrsvlm/model/deepstack.py`` and
 ``mfrsvlm/model/language_model/vhm_llama.py``); where our choices differ from it, the module that
 makes the choice says so.

@@ -384,6 +384,100 @@ def train_lrsvqa_rfm(
     console.print(f"weights: {report['weights']}  (use with rsvl vqa --rfm-path)", highlight=False)
 
 
+@train_app.command("mfrsvlm")
+@_fails_cleanly
+def train_mfrsvlm(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. configs/mfrsvlm/synth_mini.yaml.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run's last.pt.")] = True,
+    evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Score eval_sources at the end.")] = True,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. train.steps=50.")] = None,
+) -> None:
+    """Train one MF-RSVLM stage (projector + fusion + injector; stage 2 adds LoRA) from a recipe."""
+    from rsvl.methods.mfrsvlm.recipe import MFRSVLMRecipe, build_model
+    from rsvl.methods.mfrsvlm.train import evaluate, train
+    from rsvl.utils.config import load_config
+
+    recipe = load_config(MFRSVLMRecipe, config, list(set_ or []))
+    model = build_model(recipe.model, seed=recipe.train.seed)
+    if recipe.init is not None:  # e.g. stage 1's trained parts for stage 2 (LoRA tensors bring their adapters)
+        model.load_trainable(recipe.init)
+    run_dir = out or Path("runs") / recipe.name
+    result = train(model, recipe.sources, recipe.train, run_dir, resume=resume, progress=not _State.quiet)
+    console.print(
+        f"stage {recipe.train.stage}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+        f"{result.seconds:.0f} s; trained parts: {result.trainable_path}",
+        highlight=False,
+    )
+    if evaluate_after and recipe.eval_sources:
+        reports = evaluate(model, recipe.eval_sources, recipe.max_new_tokens, progress=not _State.quiet)
+        from rsvl.utils.atomic import write_json
+
+        write_json(run_dir / "eval.json", {task: report.to_dict() for task, report in reports.items()})
+        for task, report in reports.items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items() if isinstance(v, float))
+            console.print(f"{task}: {shown}", highlight=False)
+
+
+def _mfrsvlm_for_inference(config: Path, weights: Path | None) -> Any:
+    from rsvl.methods.mfrsvlm.recipe import MFRSVLMRecipe, build_model
+    from rsvl.utils.config import load_config
+
+    recipe = load_config(MFRSVLMRecipe, config, [])
+    model = build_model(recipe.model, seed=recipe.train.seed)
+    if weights is not None:
+        model.load_trainable(weights)  # a stage-2 file's LoRA tensors bring their adapters
+    else:
+        err_console.print(
+            "[yellow]warning:[/] no --weights: projector, fusion and gates are untrained", highlight=False
+        )
+    return model.eval()
+
+
+def _mfrsvlm_answer(model: Any, image: Path, prompt: str, max_new_tokens: int) -> str:
+    from rsvl.methods.mfrsvlm.data import model_image_size, read_image
+
+    pixels = read_image(image, model_image_size(model))[None]
+    return model.generate(pixels, [prompt], max_new_tokens=max_new_tokens)[0]
+
+
+@app.command()
+@_fails_cleanly
+def caption(
+    image: Annotated[Path, typer.Argument(help="An image or GeoTIFF.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="The MF-RSVLM recipe the model was trained with.")],
+    weights: Annotated[Path | None, typer.Option(help="trainable.safetensors of a training run.")] = None,
+    instruction: Annotated[str | None, typer.Option(help="Captioning instruction.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest caption in tokens.")] = 64,
+) -> None:
+    """MF-RSVLM: describe an image."""
+    from rsvl.methods.mfrsvlm.prompts import caption_prompt
+
+    model = _mfrsvlm_for_inference(config, weights)
+    prompt = caption_prompt(instruction) if instruction else caption_prompt()
+    console.print(_mfrsvlm_answer(model, image, prompt, max_new_tokens), highlight=False)
+
+
+@app.command()
+@_fails_cleanly
+def classify(
+    image: Annotated[Path, typer.Argument(help="An image or GeoTIFF.")],
+    classes: Annotated[str, typer.Option(help="Comma-separated class names, e.g. forest,harbor,airport.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="The MF-RSVLM recipe the model was trained with.")],
+    weights: Annotated[Path | None, typer.Option(help="trainable.safetensors of a training run.")] = None,
+) -> None:
+    """MF-RSVLM: scene classification with the answer constrained to the class list."""
+    from rsvl.methods.mfrsvlm.prompts import classification_prompt, match_class
+
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InputError(f"--classes needs at least two distinct names, got {names}")
+    model = _mfrsvlm_for_inference(config, weights)
+    answer = _mfrsvlm_answer(model, image, classification_prompt(names), 16)
+    label = match_class(answer, names)
+    console.print(f"{label if label is not None else '(none of the classes)'}  [dim](model said: {answer!r})[/]")
+
+
 @train_app.command("vlm4rsdet")
 @_fails_cleanly
 def train_vlm4rsdet(

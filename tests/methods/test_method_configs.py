@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from rsvl.methods.lrsvqa.config import LRSVQAConfig
+from rsvl.methods.mfrsvlm.recipe import MFRSVLMRecipe
 from rsvl.methods.zeroov.config import ZeroOVConfig
 from rsvl.utils.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SCHEMAS = {"zeroov": ZeroOVConfig, "lrsvqa": LRSVQAConfig}
+SCHEMAS = {"zeroov": ZeroOVConfig, "lrsvqa": LRSVQAConfig, "mfrsvlm": MFRSVLMRecipe}
 
 
 @pytest.mark.parametrize(

@@ -708,10 +708,26 @@ def vqa(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: --set selection.pruning_ratio=0.5.")
     ] = None,
+    method: Annotated[str, typer.Option(help="lrsvqa (large images) or mfrsvlm (-c recipe, --weights).")] = "lrsvqa",
+    weights: Annotated[Path | None, typer.Option(help="mfrsvlm: trainable.safetensors of a run.")] = None,
 ) -> None:
-    """LRS-VQA: answer a question about a very large image via the pyramid and text-guided token pruning."""
+    """Visual question answering: LRS-VQA on very large images (pyramid + text-guided token pruning),
+    or MF-RSVLM (``--method mfrsvlm``)."""
     from rsvl.methods.lrsvqa.infer import answer_dataset, answer_file
     from rsvl.methods.lrsvqa.pipeline import MODES, LargeImageVQA, check_weights
+
+    if method == "mfrsvlm":
+        from rsvl.methods.mfrsvlm.prompts import vqa_prompt
+
+        if image is None or question is None or config is None or dataset is not None:
+            raise InputError("--method mfrsvlm needs IMAGE, QUESTION and -c RECIPE (batch mode: rsvl train's eval)")
+        model = _mfrsvlm_for_inference(config, weights)
+        console.print(f"[bold]answer:[/] {_mfrsvlm_answer(model, image, vqa_prompt(question), 32)}", highlight=False)
+        return
+    if method != "lrsvqa":
+        raise InputError(f"unknown --method {method!r}; known: lrsvqa, mfrsvlm")
+    if weights is not None:
+        raise InputError("--weights applies to --method mfrsvlm")
 
     if dataset is None and (image is None or question is None):
         raise InputError("give IMAGE and QUESTION, or --dataset with --root")

@@ -38,7 +38,7 @@ from transformers import (
 
 from rsvl.errors import InputError
 from rsvl.geometry.codecs import florence_loc_tokens
-from rsvl.models.folders import check_model_folder
+from rsvl.models.folders import check_model_folder, load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -291,21 +291,13 @@ def load_florence2(
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"cannot load the Florence-2 tokenizer: {exc}", folder) from exc
     kwargs = {} if dtype is None else {"dtype": dtype}
-    try:
-        model, info = Florence2ForConditionalGeneration.from_pretrained(
-            folder, local_files_only=True, output_loading_info=True, **kwargs
-        )
-    except Exception as exc:  # corrupt safetensors, a config of another model...: all input errors here
-        raise InputError(f"cannot load the Florence-2 model: {type(exc).__name__}: {exc}", folder) from exc
-    missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
-    if missing or info.get("mismatched_keys"):
-        # transformers only logs these and initialises the weights at random: training would then
-        # run on an untrained language model without anyone noticing
-        raise InputError(
-            f"the checkpoint does not fit Florence2ForConditionalGeneration: {len(missing)} missing weights "
-            f"(e.g. {missing[:3]}), mismatched {list(info.get('mismatched_keys', []))[:3]}; convert it to "
-            "transformers' native Florence-2 layout",
-            folder,
-        )
+    model = load_pretrained(
+        Florence2ForConditionalGeneration,
+        folder,
+        "Florence-2",
+        ignore_missing=("lm_head",),  # tied to the embeddings
+        hint="; convert it to transformers' native Florence-2 layout",
+        **kwargs,
+    )
     ensure_loc_tokens(model, tokenizer)
     return model, tokenizer

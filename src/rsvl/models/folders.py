@@ -8,13 +8,15 @@ folder and what is missing, instead of a transformers traceback deep inside ``fr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rsvl.errors import InputError
 
-__all__ = ["DTYPES", "WEIGHT_FILES", "check_model_folder", "torch_dtype"]
+__all__ = ["DTYPES", "WEIGHT_FILES", "check_model_folder", "load_pretrained", "torch_dtype"]
 
 #: The files a transformers checkpoint keeps its weights in (one is enough).
 WEIGHT_FILES = (
@@ -62,3 +64,28 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def load_pretrained(
+    cls: Any, folder: Path, label: str, *, ignore_missing: Sequence[str] = (), hint: str = "", **kwargs: Any
+) -> Any:
+    """``cls.from_pretrained`` from a local folder, refusing a checkpoint that does not fit ``cls``.
+
+    transformers only logs missing or mismatched weights and initialises them at random, so a
+    wrong checkpoint would run as noise; here that is an :class:`InputError` naming the folder, as
+    is any load failure (corrupt safetensors, a config of another model). ``ignore_missing``:
+    substrings of weights a checkpoint may lack (e.g. a tied ``lm_head``).
+    """
+    try:
+        model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    except Exception as exc:  # corrupt safetensors, shapes that do not fit...: all input errors here
+        raise InputError(f"cannot load the {label} model: {type(exc).__name__}: {exc}", folder) from exc
+    missing = sorted(k for k in info.get("missing_keys", []) if not any(part in k for part in ignore_missing))
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or mismatched:
+        raise InputError(
+            f"the checkpoint does not fit {cls.__name__}: {len(missing)} missing weights (e.g. {missing[:3]}), "
+            f"mismatched {mismatched[:3]}{hint}",
+            folder,
+        )
+    return model

@@ -50,7 +50,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from rsvl.errors import InputError
-from rsvl.models.folders import check_model_folder, torch_dtype
+from rsvl.models.folders import check_model_folder, load_pretrained, torch_dtype
 from rsvl.models.qwen2_5_vl import build_qwen2_tokenizer
 from rsvl.models.tile_bundle import TileBundle, VQASequence
 
@@ -446,19 +446,7 @@ def load_llava(
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise InputError(f"cannot load the LLaVA image processor: {type(exc).__name__}: {exc}", folder) from exc
-    try:
-        model, info = LlavaForConditionalGeneration.from_pretrained(
-            folder, local_files_only=True, attn_implementation="eager", dtype=dtype_, output_loading_info=True
-        )
-    except Exception as exc:  # corrupt safetensors, shapes that do not fit...
-        raise InputError(f"cannot load the LLaVA model: {type(exc).__name__}: {exc}", folder) from exc
-    missing = list(info.get("missing_keys", []))
-    if missing or info.get("mismatched_keys"):
-        raise InputError(
-            f"the checkpoint does not fit LlavaForConditionalGeneration: {len(missing)} missing weights "
-            f"(e.g. {missing[:3]}), mismatched {list(info.get('mismatched_keys', []))[:3]}",
-            folder,
-        )
+    model = load_pretrained(LlavaForConditionalGeneration, folder, "LLaVA", attn_implementation="eager", dtype=dtype_)
     image_id = int(model.config.image_token_id)
     if image_id >= len(tokenizer):
         raise InputError(f"config.json's image_token_id {image_id} is not in the tokenizer ({len(tokenizer)})", folder)

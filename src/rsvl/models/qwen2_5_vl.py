@@ -40,7 +40,7 @@ from transformers.image_utils import SizeDict
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
 from rsvl.errors import InputError
-from rsvl.models.folders import DTYPES, check_model_folder, torch_dtype
+from rsvl.models.folders import DTYPES, check_model_folder, load_pretrained, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -331,23 +331,8 @@ def load_qwen2_5_vl(
     set_pixel_bounds(processor, min_pixels, max_pixels)
     if getattr(processor, "chat_template", None) is None:
         processor.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
-    try:
-        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folder,
-            local_files_only=True,
-            attn_implementation="eager",
-            dtype=dtype_,
-            output_loading_info=True,
-        )
-    except Exception as exc:  # corrupt safetensors, shapes that do not fit...: all input errors here
-        raise InputError(f"cannot load the Qwen2.5-VL model: {type(exc).__name__}: {exc}", folder) from exc
-    missing = list(info.get("missing_keys", []))
-    if missing or info.get("mismatched_keys"):
-        # transformers only logs these and initialises the weights at random
-        raise InputError(
-            f"the checkpoint does not fit Qwen2_5_VLForConditionalGeneration: {len(missing)} missing weights "
-            f"(e.g. {missing[:3]}), mismatched {list(info.get('mismatched_keys', []))[:3]}",
-            folder,
-        )
+    model = load_pretrained(
+        Qwen2_5_VLForConditionalGeneration, folder, "Qwen2.5-VL", attn_implementation="eager", dtype=dtype_
+    )
     logger.info("loaded Qwen2.5-VL from %s (%s, %s)", folder, device, dtype)
     return model.to(device).eval(), processor

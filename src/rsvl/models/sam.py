@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from rsvl.errors import InputError
-from rsvl.models.folders import check_model_folder
+from rsvl.models.folders import check_model_folder, load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -157,19 +157,7 @@ def load_sam(path: str | PathLike[str], device: str = "cpu") -> tuple[SamModel, 
         processor = SamProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise InputError(f"cannot load the SAM processor: {exc}", folder) from exc
-    try:
-        model, info = SamModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
-    except Exception as exc:  # corrupt safetensors, shapes of another model...: all input errors here
-        raise InputError(f"cannot load the SAM model: {type(exc).__name__}: {exc}", folder) from exc
-    missing = sorted(info.get("missing_keys", []))
-    mismatched = list(info.get("mismatched_keys", []))
-    if missing or mismatched:
-        # transformers only logs these and initialises the weights at random: the masks would be noise
-        raise InputError(
-            f"the checkpoint does not fit SamModel: {len(missing)} missing weights (e.g. {missing[:3]}), "
-            f"mismatched {mismatched[:3]}",
-            folder,
-        )
+    model = load_pretrained(SamModel, folder, "SAM")
     check_sam_processor(model, processor, folder)
     try:
         model = model.to(torch.device(device))

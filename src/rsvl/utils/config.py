@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rsvl.errors import InputError
 
-__all__ = ["StrictModel", "apply_overrides", "load_config", "to_yaml"]
+__all__ = ["CheckedModel", "StrictModel", "apply_overrides", "load_config", "to_yaml"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,6 +26,23 @@ class StrictModel(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CheckedModel(StrictModel):
+    """A settings section also built directly in code: bad values raise :class:`InputError`.
+
+    Constructing it with a wrong value names each bad key (``invalid <label>: key: message``)
+    instead of raising pydantic's ``ValidationError``. Inside a recipe read by :func:`load_config`
+    the recipe's own errors apply.
+    """
+
+    label: ClassVar[str] = "settings"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InputError(f"invalid {self.label}: {_describe(exc)}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

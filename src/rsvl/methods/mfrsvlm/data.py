@@ -41,11 +41,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from rsvl.datasets import Sample, get_format
 from rsvl.errors import DatasetError, InputError
@@ -57,7 +57,7 @@ from rsvl.methods.mfrsvlm.prompts import (
     vqa_prompt,
 )
 from rsvl.models.llava import CLIP_MEAN, CLIP_STD
-from rsvl.utils.config import StrictModel
+from rsvl.utils.config import CheckedModel
 
 __all__ = [
     "CLOSED_VQA_TYPES",
@@ -86,7 +86,7 @@ _YES_NO = ("yes", "no")
 _RURAL_URBAN_TYPES = frozenset({"rural_urban", "rural/urban", "rural or urban"})
 
 
-class Source(StrictModel):
+class Source(CheckedModel):
     """One dataset serving one task.
 
     Attributes:
@@ -108,12 +108,7 @@ class Source(StrictModel):
     strict: bool = True
     instruction: str | None = None
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            where = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'source'}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"invalid MF-RSVLM data source: {where}") from None
+    label: ClassVar[str] = "MF-RSVLM data source"
 
 
 def as_source(spec: Source | Mapping[str, Any] | Sequence[Any]) -> Source:

@@ -52,16 +52,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from torch.nn import functional
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from rsvl.errors import InputError
-from rsvl.utils.config import StrictModel
+from rsvl.utils.config import CheckedModel
 
 __all__ = [
     "AUTHOR_LAYER_FRACTIONS",
@@ -118,7 +118,7 @@ class StackLabel(NamedTuple):
     phase: tuple[int, int]
 
 
-class MultiScaleConfig(StrictModel):
+class MultiScaleConfig(CheckedModel):
     """Geometry of the global view, the canvas, the sliding windows and the detail stacks.
 
     Attributes:
@@ -147,12 +147,7 @@ class MultiScaleConfig(StrictModel):
     patch_size: int = Field(default=14, ge=1)
     chunk_size: int | None = Field(default=32, ge=1)
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            where = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"invalid MF-RSVLM feature config: {where}") from None
+    label: ClassVar[str] = "MF-RSVLM feature config"
 
     @model_validator(mode="before")
     @classmethod

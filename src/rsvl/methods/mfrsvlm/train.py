@@ -38,10 +38,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from rsvl.errors import InputError
 from rsvl.methods.mfrsvlm.data import Collator, Item, Source, TaskMix
@@ -50,7 +50,7 @@ from rsvl.methods.mfrsvlm.prompts import match_class
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json
 from rsvl.utils.checkpoint import read_torch_file
-from rsvl.utils.config import StrictModel
+from rsvl.utils.config import CheckedModel
 from rsvl.utils.device import check_device
 from rsvl.utils.progress import progress_bar
 
@@ -68,7 +68,7 @@ RESUMABLE_CHANGES = ("checkpoint_every", "device")
 Sources = TaskMix | Iterable[Source | Mapping[str, Any] | Sequence[Any]]
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(CheckedModel):
     """One training stage.
 
     Attributes:
@@ -105,12 +105,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: str = "cpu"
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            where = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"invalid MF-RSVLM training config: {where}") from None
+    label: ClassVar[str] = "MF-RSVLM training config"
 
 
 @dataclass

@@ -247,23 +247,33 @@ class LlavaBundle(TileBundle):
     @torch.no_grad()
     def generate(self, seq: VQASequence, max_new_tokens: int = 16) -> str:
         """Greedy answer to ``seq``: ``model.generate(inputs_embeds=...)``, decoded without special tokens, stripped."""
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         embeds = seq.inputs_embeds.to(device=self.device, dtype=self.dtype)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        return self.greedy_answers(embeds, mask, max_new_tokens)[0]
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's padding id (its EOS when it has none)."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @torch.no_grad()
+    def greedy_answers(self, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``(B, T, D)`` prompt embeddings (left-padded, ``mask`` marking the
+        real positions) by ``model.generate`` with the KV cache; decoded without special tokens."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         out = self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             max_new_tokens=int(max_new_tokens),
             do_sample=False,
             num_beams=1,
-            eos_token_id=eos,
-            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_token_id,
         )
         # with only inputs_embeds, decoder-only generate returns just the new tokens
-        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
 
     # ------------------------------------------------------------------ saving
 

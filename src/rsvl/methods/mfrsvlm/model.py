@@ -361,9 +361,7 @@ class MFRSVLM(nn.Module):
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         tok = self.tokenizer
         texts = [render_generation_prompt(tok, p, template=self.template, system=self.system) for p in prompts]
-        eos = tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        batch = pad_batch([tokenize_prompt(tok, t) for t in texts], pad, side="left")
+        batch = pad_batch([tokenize_prompt(tok, t) for t in texts], self.bundle.pad_token_id, side="left")
         device = self.llava.device
         ids, _, mask = self.expand_image_tokens(batch["input_ids"].to(device), None, batch["attention_mask"].to(device))
         was_training = self.training
@@ -372,19 +370,9 @@ class MFRSVLM(nn.Module):
             tokens, detail = self.visual_tokens(images)
             embeds = self._embed(ids, tokens)
             with self._injecting(detail, ids):
-                out = self.llava.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=mask,
-                    max_new_tokens=int(max_new_tokens),
-                    do_sample=False,
-                    num_beams=1,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                )
+                return self.bundle.greedy_answers(embeds, mask, max_new_tokens)
         finally:
             self.train(was_training)
-        # with only inputs_embeds, decoder-only generate returns just the new tokens
-        return [tok.decode(row, skip_special_tokens=True).strip() for row in out]
 
     # ------------------------------------------------------------------ training
 

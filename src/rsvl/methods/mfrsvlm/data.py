@@ -396,8 +396,7 @@ class Collator:
         processor = getattr(model.bundle, "image_processor", None)
         self.mean = tuple(getattr(processor, "image_mean", None) or CLIP_MEAN)
         self.std = tuple(getattr(processor, "image_std", None) or CLIP_STD)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
+        self.pad_id = model.bundle.pad_token_id
 
     def images(self, paths: Sequence[str | Path]) -> torch.Tensor:
         """``(B, 3, S, S)`` normalised images."""

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rsvl.datasets.training import DetectionTrainSet
 from rsvl.methods.vlm4rsdet.config import VLM4RSDetConfig, load_recipe
-from rsvl.methods.vlm4rsdet.data import DetectionTrainSet
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.methods.vlm4rsdet.infer import evaluate_detector, load_detector
 from rsvl.methods.vlm4rsdet.train import train

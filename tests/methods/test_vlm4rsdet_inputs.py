@@ -138,8 +138,8 @@ def test_detect_refuses_names_dota_cannot_write_before_inference(tmp_path: Path,
 
 
 def test_input_scale_resizes_images_and_maps_boxes_back() -> None:
+    from rsvl.datasets.training import scale_boxes, scale_image
     from rsvl.methods.vlm4rsdet.config import DetectorConfig
-    from rsvl.methods.vlm4rsdet.data import scale_boxes, scale_image
     from rsvl.methods.vlm4rsdet.detector import build_detector
     from rsvl.methods.vlm4rsdet.infer import LoadedDetector, predict_image
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from rsvl.cli import app
 from rsvl.datasets import Instance, Sample
+from rsvl.datasets.training import DetectionTrainSet, ImageTargets, _crop_boxes, _flip, sample_targets
 from rsvl.errors import InputError
 from rsvl.geometry.boxes import obb_to_poly
 from rsvl.methods.vlm4rsdet.config import DataConfig, DetectorConfig, VLM4RSDetConfig, load_recipe
-from rsvl.methods.vlm4rsdet.data import DetectionTrainSet, ImageTargets, _crop_boxes, _flip, sample_targets
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.methods.vlm4rsdet.train import train
 from rsvl.synth import generate_dataset

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from rsvl.datasets.training import DataConfig
 from rsvl.utils.config import StrictModel, load_config
 
 __all__ = [
@@ -27,20 +28,6 @@ __all__ = [
     "VLMConfig",
     "load_recipe",
 ]
-
-
-class DataConfig(StrictModel):
-    """Where the training (and validation) images and labels are, in a registered dataset format."""
-
-    format: str = Field(description="dataset format name (`rsvl data formats`): dota, voc, visdrone, coco, aitod...")
-    root: str = Field(description="training dataset root")
-    val_root: str | None = Field(None, description="validation root (same format); None skips evaluation")
-    categories: list[str] | None = Field(None, description="class names in order; None: all names in the training set")
-    crop_size: int = Field(512, ge=32, description="training crop side; larger images are cropped at random")
-    min_visible: float = Field(0.5, gt=0, le=1, description="keep a cropped box when this share of it is inside")
-    hflip: bool = Field(True, description="random horizontal flips")
-    vflip: bool = Field(False, description="random vertical flips (aerial images have no 'up')")
-    skip_difficult: bool = Field(False, description="drop DOTA/VOC 'difficult' objects from training targets")
 
 
 class DetectorConfig(StrictModel):

@@ -21,6 +21,7 @@ from torch import nn
 
 from rsvl.datasets import Instance, Sample
 from rsvl.datasets.base import Category
+from rsvl.datasets.training import DetectionTrainSet, scale_boxes, scale_image
 from rsvl.errors import InputError
 from rsvl.geometry.boxes import obb_to_hbb, obb_to_poly
 from rsvl.io import RasterSource
@@ -30,7 +31,6 @@ from rsvl.io.merge import MergeConfig
 from rsvl.io.sliced import sliced_predict
 from rsvl.io.tiling import TileSpec
 from rsvl.methods.vlm4rsdet.config import DetectorConfig
-from rsvl.methods.vlm4rsdet.data import DetectionTrainSet, scale_boxes, scale_image
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.checkpoint import read_torch_file

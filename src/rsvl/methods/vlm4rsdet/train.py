@@ -22,9 +22,9 @@ import torch
 import yaml
 from torch import nn
 
+from rsvl.datasets.training import DetectionTrainSet
 from rsvl.errors import InputError
 from rsvl.methods.vlm4rsdet.config import VLM4RSDetConfig
-from rsvl.methods.vlm4rsdet.data import DetectionTrainSet
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.methods.vlm4rsdet.model import VLM4RSDet, export_detector
 from rsvl.metrics.report import EvalReport

@@ -1,4 +1,7 @@
-"""Training batches from any detection dataset format: labels to tensors, random crops and flips.
+"""Detection training batches from any dataset format: labels to tensors, random crops and flips.
+
+Shared by the detectors' trainers (VLM4RSDet, Open-Det); a recipe's ``data`` section is a
+:class:`DataConfig`.
 
 The dataset is read once through :mod:`rsvl.datasets` (so every format's checks apply); boxes become
 arrays in image pixels — HBB ``xyxy`` or le90 ``(cx, cy, w, h, theta)`` — with labels indexing the
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rsvl.datasets import Dataset, Sample, get_format
@@ -26,11 +30,33 @@ from rsvl.errors import InputError
 from rsvl.geometry.boxes import hbb_to_obb, normalize_le90, obb_to_hbb, poly_to_hbb, poly_to_obb
 from rsvl.geometry.masks import to_bbox
 from rsvl.io import RasterSource
-from rsvl.methods.vlm4rsdet.config import DataConfig
+from rsvl.utils.config import StrictModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectionTrainSet", "ImageTargets", "read_rgb", "sample_targets", "scale_boxes", "scale_image"]
+__all__ = [
+    "DataConfig",
+    "DetectionTrainSet",
+    "ImageTargets",
+    "read_rgb",
+    "sample_targets",
+    "scale_boxes",
+    "scale_image",
+]
+
+
+class DataConfig(StrictModel):
+    """Where the training (and validation) images and labels are, in a registered dataset format."""
+
+    format: str = Field(description="dataset format name (`rsvl data formats`): dota, voc, visdrone, coco, aitod...")
+    root: str = Field(description="training dataset root")
+    val_root: str | None = Field(None, description="validation root (same format); None skips evaluation")
+    categories: list[str] | None = Field(None, description="class names in order; None: all names in the training set")
+    crop_size: int = Field(512, ge=32, description="training crop side; larger images are cropped at random")
+    min_visible: float = Field(0.5, gt=0, le=1, description="keep a cropped box when this share of it is inside")
+    hflip: bool = Field(True, description="random horizontal flips")
+    vflip: bool = Field(False, description="random vertical flips (aerial images have no 'up')")
+    skip_difficult: bool = Field(False, description="drop DOTA/VOC 'difficult' objects from training targets")
 
 
 @dataclass

@@ -211,3 +211,9 @@ def test_evaluate_reports_each_task(data, monkeypatch):
     assert perfect["vqa"].metrics["OA"] == 1.0
     assert perfect["classification"].metrics["OA"] == 1.0 and not perfect["classification"].details["unmatched"]
     assert perfect["caption"].metrics["BLEU-1"] == pytest.approx(1.0)
+    # the generated text of every item is kept, by item key, for subsets and error analysis
+    for task, report in perfect.items():
+        items = mix.task_items(task)
+        assert set(report.details["predictions"]) == {it.key for it in items}
+        first = items[0]
+        assert report.details["predictions"][first.key] == first.answers[0].replace("_", " ") + "."

@@ -369,7 +369,8 @@ def evaluate(
     (+ ``AA`` and ``acc/<type>`` for typed questions, ``<source>/OA`` with several VQA sources);
     classification ``OA``, ``AA``, ``acc/<class>`` (answers mapped by ``match_class``; the raw
     answers of unmatched ones are kept in ``details["unmatched"]``). Item keys are
-    ``"<source index>:<id>"``. ``max_items`` keeps the first items of each task.
+    ``"<source index>:<id>"``. ``max_items`` keeps the first items of each task. Every report keeps
+    the generated text per item key in ``details["predictions"]`` (for subsets and error analysis).
     """
     from rsvl.metrics.caption import evaluate_captions
     from rsvl.metrics.classification import evaluate_classification
@@ -392,6 +393,7 @@ def evaluate(
     if "caption" in per_task:
         gt = {it.key: list(it.answers) for it in per_task["caption"]}
         reports["caption"] = evaluate_captions(gt, pred["caption"], metrics=caption_metrics)
+        reports["caption"].details["predictions"] = pred["caption"]
     if "vqa" in per_task:
         items = per_task["vqa"]
         vqa_gt = {it.key: it.answers[0] for it in items}
@@ -399,6 +401,7 @@ def evaluate(
         several = len({it.source for it in items}) > 1
         groups = {it.key: f"{mix.sources[it.source].format}{it.source}" for it in items} if several else None
         reports["vqa"] = evaluate_vqa(vqa_gt, pred["vqa"], "exact", types=types, groups=groups)
+        reports["vqa"].details["predictions"] = pred["vqa"]
     if "classification" in per_task:
         items = per_task["classification"]
         classes: list[str] = []
@@ -413,6 +416,7 @@ def evaluate(
                 unmatched[it.key] = answer
         report = evaluate_classification({it.key: it.answers[0] for it in items}, mapped, classes=classes)
         report.details["unmatched"] = unmatched
+        report.details["predictions"] = pred["classification"]
         report.protocol["answer_mapping"] = "rsvl.methods.mfrsvlm.prompts.match_class; unmatched answers count wrong"
         reports["classification"] = report
     return reports

@@ -18,7 +18,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from rsvl.io.merge import MergeConfig, merge_detections
 from rsvl.io.raster import RasterSource, open_raster
 from rsvl.io.tiling import TileSpec, Window, count_windows, iter_windows
 
-__all__ = ["Predictor", "Tile", "iter_tiles", "sliced_predict"]
+__all__ = ["FilePrediction", "Predictor", "Tile", "iter_tiles", "predict_file", "sliced_predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +141,43 @@ def sliced_predict(
     finally:
         if opened_here:
             src.close()
+
+
+class FilePrediction(NamedTuple):
+    """:func:`predict_file`'s result: the detections, the image size and its georeferencing (or None)."""
+
+    detections: Detections
+    width: int
+    height: int
+    georef: Any
+
+
+def predict_file(
+    path: str | os.PathLike[str],
+    predictor: Predictor,
+    tile: int = 512,
+    overlap: int = 64,
+    merge: MergeConfig | None = None,
+    *,
+    progress: bool = True,
+) -> FilePrediction:
+    """Detections of one image file: in one pass when it fits a ``tile``, else by :func:`sliced_predict`.
+
+    Raises:
+        RasterError: an unreadable file; InputError: an empty image.
+    """
+    from rsvl.errors import InputError
+
+    with RasterSource(path) as src:
+        width, height = src.width, src.height
+        georef = src.georef if src.is_georeferenced else None
+        if width == 0 or height == 0:
+            raise InputError("the image is empty", Path(path))
+        if width <= tile and height <= tile:
+            rgb, _ = src.read_display(src.full_window)
+            dets = predictor(rgb)
+            if dets is None:
+                dets = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+        else:
+            dets = sliced_predict(src, predictor, TileSpec(tile, overlap, "shift"), merge, progress=progress)
+    return FilePrediction(dets, width, height, georef)

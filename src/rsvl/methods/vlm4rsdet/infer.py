@@ -24,12 +24,10 @@ from rsvl.datasets.base import Category
 from rsvl.datasets.training import DetectionTrainSet, scale_boxes, scale_image
 from rsvl.errors import InputError
 from rsvl.geometry.boxes import obb_to_hbb, obb_to_poly
-from rsvl.io import RasterSource
 from rsvl.io.detections import Detections
 from rsvl.io.georef import GeoRef
 from rsvl.io.merge import MergeConfig
-from rsvl.io.sliced import sliced_predict
-from rsvl.io.tiling import TileSpec
+from rsvl.io.sliced import predict_file
 from rsvl.methods.vlm4rsdet.config import DetectorConfig
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.metrics.report import EvalReport
@@ -109,22 +107,10 @@ def _predict_file(
     detector: LoadedDetector, path: Path, tile: int, overlap: int, progress: bool
 ) -> tuple[Detections, int, int, GeoRef | None]:
     """Detections of one image file, its size, and its georeferencing (None when it has none)."""
-    with RasterSource(path) as src:
-        width, height = src.width, src.height
-        georef = src.georef if src.is_georeferenced else None
-        if width == 0 or height == 0:
-            raise InputError("the image is empty", path)
-        if width <= tile and height <= tile:  # one pass; larger images are tiled
-            rgb, _ = src.read_display(src.full_window)
-            dets = predict_image(detector, rgb)
-        else:
-            dets = sliced_predict(
-                src,
-                lambda rgb: predict_image(detector, rgb),
-                TileSpec(tile, overlap, "shift"),
-                MergeConfig(threshold=detector.config.nms_thresh),
-                progress=progress,
-            )
+    merge = MergeConfig(threshold=detector.config.nms_thresh)
+    dets, width, height, georef = predict_file(
+        path, lambda rgb: predict_image(detector, rgb), tile, overlap, merge, progress=progress
+    )
     return dets, width, height, georef
 
 

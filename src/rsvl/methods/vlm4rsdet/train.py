@@ -16,10 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from rsvl.datasets.training import DetectionTrainSet
@@ -29,7 +27,7 @@ from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.methods.vlm4rsdet.model import VLM4RSDet, export_detector
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json, write_text
-from rsvl.utils.checkpoint import read_torch_file
+from rsvl.utils.checkpoint import load_training_state, save_training_state
 from rsvl.utils.config import to_yaml
 from rsvl.utils.device import check_device
 from rsvl.utils.progress import progress_bar
@@ -130,49 +128,6 @@ def save_detector(path: Path, detector: nn.Module, cfg: VLM4RSDetConfig, classes
 RESUMABLE_CHANGES = {("device",), ("optim", "threads"), ("optim", "checkpoint_every"), ("optim", "log_every")}
 
 
-def _comparable(cfg_yaml: str) -> Any:
-    data = yaml.safe_load(cfg_yaml)
-    for keys in RESUMABLE_CHANGES:
-        node = data
-        for key in keys[:-1]:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(keys[-1], None)
-    return data
-
-
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg_yaml: str) -> None:
-    payload = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "config": cfg_yaml,
-        "torch_rng": torch.get_rng_state(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg_yaml: str) -> int:
-    state = read_torch_file(path, "training checkpoint")
-    try:
-        same = _comparable(state["config"]) == _comparable(cfg_yaml)
-    except Exception as exc:
-        raise InputError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}); use --no-resume", path) from None
-    if not same:
-        raise InputError(
-            "the run folder holds a checkpoint of a different recipe; use another --out or --no-resume", path
-        )
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-        return int(state["step"])
-    except Exception as exc:
-        raise InputError(f"the checkpoint does not fit this model ({type(exc).__name__}: {exc})", path) from None
-
-
 def train(
     cfg: VLM4RSDetConfig,
     out_dir: str | Path,
@@ -206,7 +161,7 @@ def train(
     start = 0
     history: list[dict[str, float]] = []
     if resume and ckpt.is_file():
-        start = _load_checkpoint(ckpt, model, opt, cfg_yaml)
+        start = load_training_state(ckpt, model, opt, cfg_yaml, RESUMABLE_CHANGES)
         if (out / "history.json").is_file():
             history = [h for h in json.loads((out / "history.json").read_text()) if h["step"] <= start]
         logger.info("resuming %s from step %d", out, start)
@@ -248,17 +203,17 @@ def train(
                     bar.update(task, description=f"training {cfg.name} loss {entry['loss']:.3f}")
                 bar.advance(task)
                 if (step + 1) % cfg.optim.checkpoint_every == 0:
-                    _save_checkpoint(ckpt, model, opt, step + 1, cfg_yaml)
+                    save_training_state(ckpt, model, opt, step + 1, cfg_yaml)
                     write_json(out / "history.json", history)
                 if on_step is not None:
                     on_step(step, values)
     except KeyboardInterrupt:
-        _save_checkpoint(ckpt, model, opt, done, cfg_yaml)
+        save_training_state(ckpt, model, opt, done, cfg_yaml)
         write_json(out / "history.json", [h for h in history if h["step"] <= done])
         logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
         raise
     seconds = time.perf_counter() - t0
-    _save_checkpoint(ckpt, model, opt, cfg.optim.steps, cfg_yaml)
+    save_training_state(ckpt, model, opt, cfg.optim.steps, cfg_yaml)
     write_json(out / "history.json", history)
     detector = export_detector(model).eval()
     det_path = save_detector(out / DETECTOR, detector, cfg, classes)

@@ -478,6 +478,42 @@ def classify(
     console.print(f"{label if label is not None else '(none of the classes)'}  [dim](model said: {answer!r})[/]")
 
 
+@train_app.command("opendet")
+@_fails_cleanly
+def train_opendet(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. configs/opendet/synth_mini.yaml.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<name>).")] = None,
+    names_path: Annotated[
+        Path | None, typer.Option("--names-path", help="Local FlanT5 folder (overrides names.path / names.tiny).")
+    ] = None,
+    text_encoder: Annotated[
+        str | None, typer.Option("--text-encoder", help="'minilm' or a local CLIP / sentence-encoder folder.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's last.pt.")
+    ] = True,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.steps=200 (repeatable).")
+    ] = None,
+) -> None:
+    """Train Open-Det (boxes + generated names) from a recipe, then write opendet.pt."""
+    from rsvl.methods.opendet.recipe import load_recipe
+    from rsvl.methods.opendet.train import train
+
+    recipe = load_recipe(config, list(set_ or []))
+    if names_path is not None:  # set directly: a path is not YAML
+        recipe.names = recipe.names.model_copy(update={"path": names_path, "tiny": False})
+    if text_encoder is not None:
+        recipe.text = recipe.text.model_copy(update={"encoder": text_encoder, "tiny": False})
+    run_dir = out or Path("runs") / recipe.name
+    result = train(recipe, run_dir, resume=resume, progress=not _State.quiet)
+    last = result.history[-1] if result.history else {}
+    console.print(
+        f"trained {result.steps} steps in {result.seconds:.0f} s (loss {last.get('total', float('nan')):.3f}); "
+        f"model: {result.model_path}"
+    )
+
+
 @train_app.command("vlm4rsdet")
 @_fails_cleanly
 def train_vlm4rsdet(
@@ -527,29 +563,68 @@ def train_vlm4rsdet(
 def detect(
     images: Annotated[list[Path], typer.Argument(help="Images or GeoTIFFs of any size.")],
     model_path: Annotated[
-        Path, typer.Option("--model-path", "-m", help="An exported detector.pt (from `rsvl train vlm4rsdet`).")
+        Path,
+        typer.Option(
+            "--model-path", "-m", help="detector.pt (rsvl train vlm4rsdet) or opendet.pt (rsvl train opendet)."
+        ),
     ],
+    method: Annotated[str, typer.Option(help="vlm4rsdet (closed-set) or opendet (generates object names).")] = (
+        "vlm4rsdet"
+    ),
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("detections"),
     formats: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated outputs: coco, dota, geojson.")
-    ] = "coco,dota,geojson",
+        str | None,
+        typer.Option("--format", "-f", help="vlm4rsdet: comma-separated coco, dota, geojson (default all)."),
+    ] = None,
     tile: Annotated[int, typer.Option(help="Tile size for large images.")] = 512,
     overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 64,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     coco_gt: Annotated[
         Path | None, typer.Option("--coco-gt", help="COCO annotations giving the result image ids (by file name).")
     ] = None,
+    score_threshold: Annotated[
+        float, typer.Option("--score-threshold", help="opendet: keep boxes with objectness at least this.")
+    ] = 0.3,
+    names_path: Annotated[
+        Path | None, typer.Option("--names-path", help="opendet: the FlanT5 folder, if it moved since training.")
+    ] = None,
 ) -> None:
-    """Detect objects with a trained detector; huge rasters go through sliced inference."""
-    from rsvl.methods.vlm4rsdet.infer import detect_files, load_detector
+    """Detect objects with a trained detector; huge rasters go through sliced inference.
 
+    With --method opendet every box gets a generated name (no class list needed).
+    """
     if not 0 <= overlap < tile:
         raise InputError(f"--overlap must lie in [0, --tile), got {overlap} with tile {tile}")
-    detector = load_detector(model_path, device=device)
-    wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    written = detect_files(
-        images, detector, out, formats=wanted, tile=tile, overlap=overlap, progress=not _State.quiet, coco_gt=coco_gt
-    )
+    if method == "opendet":
+        from rsvl.methods.opendet.infer import detect_files as detect_open
+        from rsvl.methods.opendet.infer import load_opendet
+
+        if formats is not None or coco_gt is not None:
+            raise InputError("--method opendet writes GeoJSON and detections.json; --format/--coco-gt do not apply")
+        if not 0 <= score_threshold <= 1:
+            raise InputError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
+        loaded = load_opendet(model_path, device=device, names_path=names_path)
+        loaded.score_threshold = score_threshold
+        written = detect_open(images, loaded, out, tile=tile, overlap=overlap, progress=not _State.quiet)
+        report = json.loads(written["json"][0].read_text())
+        for record in report["images"]:
+            table = Table(title=f"{record['file']} ({len(record['detections'])} objects)")
+            for col in ("name", "score", "box (x0, y0, x1, y1)"):
+                table.add_column(col)
+            for det in record["detections"][:20]:
+                table.add_row(det["name"], f"{det['score']:.3f}", ", ".join(f"{v:.0f}" for v in det["box"]))
+            console.print(table)
+    elif method == "vlm4rsdet":
+        from rsvl.methods.vlm4rsdet.infer import detect_files, load_detector
+
+        detector = load_detector(model_path, device=device)
+        wanted = [f.strip() for f in (formats or "coco,dota,geojson").split(",") if f.strip()]
+        written = detect_files(
+            images, detector, out, formats=wanted, tile=tile, overlap=overlap, progress=not _State.quiet,
+            coco_gt=coco_gt,
+        )  # fmt: skip
+    else:
+        raise InputError(f"unknown --method {method!r}; choose vlm4rsdet or opendet")
     for fmt, paths in written.items():
         shown = paths[0].parent if len(paths) > 3 else ", ".join(str(p) for p in paths)
         console.print(f"{fmt}: {shown}")

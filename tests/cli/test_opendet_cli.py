@@ -16,12 +16,7 @@ runner = CliRunner()
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "opendet" / "synth_tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from rsvl.methods.opendet.names import tiny_t5
 TERMS = {"bce", "align", "bbox", "giou", "distill", "lm", "lm_denoise", "total"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _targets(cfg: OpenDetConfig) -> list[ImageTargets]:

@@ -22,13 +22,7 @@ pytest.importorskip("peft")
 NAMES = ["storage tank", "plane"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls on a busy 2-core machine: OpenMP's second thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prompts(n: int = 2, dim: int = 48, seed: int = 1) -> torch.Tensor:

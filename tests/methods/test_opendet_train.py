@@ -11,13 +11,7 @@ from rsvl.methods.opendet.train import CHECKPOINT, MODEL_FILE, natural_name, pre
 from rsvl.synth import generate_dataset
 from rsvl.utils.checkpoint import read_torch_file
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from rsvl.errors import InputError
 from rsvl.io.detections import Detections
+from rsvl.io.inputs import image_files, output_folder
 from rsvl.io.merge import MergeConfig
 from rsvl.io.sliced import predict_file
 from rsvl.methods.opendet.model import OpenDet
@@ -120,17 +121,8 @@ def detect_files(
     from rsvl.io.vector import write_detections
     from rsvl.utils.atomic import write_json
 
-    files = [Path(p) for p in paths]
-    for f in files:
-        if not f.is_file():
-            raise InputError("image not found", f)
-    stems = [f.stem for f in files]
-    if len(set(stems)) != len(stems):
-        raise InputError("two input images share a file name stem; outputs would overwrite each other")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output folder is an existing file", out)
-    out.mkdir(parents=True, exist_ok=True)
+    files = image_files(paths)
+    out = output_folder(out_dir)
     merge = MergeConfig(threshold=loaded.nms_threshold, class_agnostic=True)
     written: dict[str, list[Path]] = {"geojson": [], "json": []}
     records = []

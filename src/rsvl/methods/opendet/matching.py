@@ -139,22 +139,19 @@ def match_one_to_one(
     Returns:
         :class:`MatchResult` with query indices sorted ascending; empty when M or Q is 0.
     """
-    _check(pred_logits_obj, pred_align_logits, pred_boxes, gt_boxes)
-    if gt_boxes.shape[0] == 0 or pred_boxes.shape[0] == 0:
-        return MatchResult(*_empty())
-    cost = match_cost(
+    return match_one_to_many(
         pred_logits_obj,
         pred_align_logits,
         pred_boxes,
         gt_boxes,
-        cost_class,
-        cost_bbox,
-        cost_giou,
-        focal_alpha,
-        gamma,
-        cost_obj,
+        k=1,
+        cost_class=cost_class,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        focal_alpha=focal_alpha,
+        gamma=gamma,
+        cost_obj=cost_obj,
     )
-    return MatchResult(*_hungarian(cost))
 
 
 def match_one_to_many(
@@ -201,7 +198,7 @@ def match_one_to_many(
         gamma,
         cost_obj,
     )
-    rows, cols = _hungarian(cost.repeat(1, k))
+    rows, cols = _hungarian(cost.repeat(1, k) if k > 1 else cost)
     return MatchResult(rows, cols % m)
 
 

@@ -26,6 +26,7 @@ from rsvl.errors import InputError
 from rsvl.geometry.boxes import obb_to_hbb, obb_to_poly
 from rsvl.io.detections import Detections
 from rsvl.io.georef import GeoRef
+from rsvl.io.inputs import image_files, output_folder
 from rsvl.io.merge import MergeConfig
 from rsvl.io.sliced import predict_file
 from rsvl.methods.vlm4rsdet.config import DetectorConfig
@@ -203,20 +204,12 @@ def detect_files(
     unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
     if unknown or not formats:
         raise InputError(f"unknown or no output format(s) {unknown}; choose from {', '.join(OUTPUT_FORMATS)}")
-    files = [Path(p) for p in paths]
-    for f in files:
-        if not f.is_file():
-            raise InputError("image not found", f)
+    files = image_files(paths)
     stems = [f.stem for f in files]
-    if len(set(stems)) != len(stems):
-        raise InputError("two input images share a file name stem; outputs would overwrite each other")
     if "dota" in formats:  # check before hours of inference, not when writing at the end
         _check_dota_names(stems, detector.classes)
     ids = _coco_ids(files, coco_gt) if coco_gt is not None else list(range(1, len(files) + 1))
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output folder is an existing file", out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     written: dict[str, list[Path]] = {f: [] for f in formats}
     by_id: dict[int, list[Instance]] = {}
     by_stem: dict[str, list[Instance]] = {}

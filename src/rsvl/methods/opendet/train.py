@@ -15,10 +15,8 @@ the paper's LoRA head), then everything unless ``names.freeze``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +33,10 @@ from rsvl.methods.opendet.model import OpenDet
 from rsvl.methods.opendet.names import NameGenerator, tiny_t5
 from rsvl.methods.opendet.recipe import NamesSection, OpenDetRecipe, TextSection
 from rsvl.models.text_encoders import TextEncoder, load_text_encoder, tiny_text_encoder
-from rsvl.utils.atomic import atomic_path, write_json, write_text
-from rsvl.utils.checkpoint import load_training_state, save_training_state
+from rsvl.utils.atomic import atomic_path, write_text
 from rsvl.utils.config import to_yaml
 from rsvl.utils.device import check_device
-from rsvl.utils.progress import progress_bar
+from rsvl.utils.train_loop import CHECKPOINT, resume_run, run_steps
 
 __all__ = [
     "CHECKPOINT",
@@ -56,7 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "last.pt"
 MODEL_FILE = "opendet.pt"
 MODEL_FORMAT = "rsvl.opendet/1"
 #: Recipe keys that may change between an interrupted run and its resumption (no effect on results).
@@ -203,61 +199,35 @@ def train(
     opt = _optimizer(model, recipe)
     cfg_yaml = to_yaml(recipe)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / CHECKPOINT
-    start, history = 0, []
-    if resume and ckpt.is_file():
-        start = load_training_state(ckpt, model, opt, cfg_yaml, RESUMABLE_CHANGES)
-        if (out / "history.json").is_file():
-            history = [h for h in json.loads((out / "history.json").read_text()) if h["step"] <= start]
-        logger.info("resuming %s from step %d", out, start)
+    start, history = resume_run(out, model, opt, cfg_yaml, RESUMABLE_CHANGES, resume)
     write_text(out / "config.yaml", cfg_yaml)
-    running: dict[str, float] = {}
-    count, done = 0, start
-    t0 = time.perf_counter()
-    try:
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"training {recipe.name}", total=o.steps, completed=start)
-            for step in range(start, o.steps):
-                _set_name_stage(model, recipe, step)
-                factor = 0.1 if step >= o.lr_drop * o.steps else 1.0
-                for group in opt.param_groups:
-                    group["lr"] = group["base_lr"] * factor
-                images, targets = data.batch(step, o.batch_size, recipe.seed)
-                pixels, batch = prepare_batch(images, targets, o.image_size, model.mean, model.std, words, class_text)
-                noise = torch.Generator(device=recipe.device).manual_seed(recipe.seed * 1_000_003 + step)
-                losses = model(pixels.to(recipe.device), batch, generator=noise)
-                loss = losses["total"]
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                if not math.isfinite(values["total"]):
-                    raise RuntimeError(f"non-finite loss at step {step}: {values}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], o.grad_clip)
-                opt.step()
-                done = step + 1
-                for k, v in values.items():
-                    running[k] = running.get(k, 0.0) + v
-                count += 1
-                if done % o.log_every == 0 or done == o.steps:
-                    entry = {"step": done, "lr": o.lr * factor, **{k: v / count for k, v in running.items()}}
-                    history.append(entry)
-                    running, count = {}, 0
-                    bar.update(task, description=f"training {recipe.name} loss {entry['total']:.3f}")
-                bar.advance(task)
-                if done % o.checkpoint_every == 0 and done < o.steps:
-                    save_training_state(ckpt, model, opt, done, cfg_yaml)
-                    write_json(out / "history.json", history)
-                if on_step is not None:
-                    on_step(step, values)
-    except KeyboardInterrupt:
-        save_training_state(ckpt, model, opt, done, cfg_yaml)
-        write_json(out / "history.json", [h for h in history if h["step"] <= done])
-        logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
-        raise
-    seconds = time.perf_counter() - t0
-    save_training_state(ckpt, model, opt, o.steps, cfg_yaml)
-    write_json(out / "history.json", history)
+
+    def lr_factor(step: int) -> float:
+        return 0.1 if step >= o.lr_drop * o.steps else 1.0
+
+    def one_step(step: int) -> dict[str, float]:
+        _set_name_stage(model, recipe, step)
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step)
+        images, targets = data.batch(step, o.batch_size, recipe.seed)
+        pixels, batch = prepare_batch(images, targets, o.image_size, model.mean, model.std, words, class_text)
+        noise = torch.Generator(device=recipe.device).manual_seed(recipe.seed * 1_000_003 + step)
+        losses = model(pixels.to(recipe.device), batch, generator=noise)
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if not math.isfinite(values["total"]):
+            raise RuntimeError(f"non-finite loss at step {step}: {values}")
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], o.grad_clip)
+        opt.step()
+        return values
+
+    seconds = run_steps(
+        out, model, opt, cfg_yaml, start=start, steps=o.steps, history=history, step_fn=one_step,
+        lr_of=lambda step: o.lr * lr_factor(step), loss_key="total", log_every=o.log_every,
+        checkpoint_every=o.checkpoint_every, label=f"training {recipe.name}", progress=progress, on_step=on_step,
+    )  # fmt: skip
     model.eval()
     path = save_model(out / MODEL_FILE, model, recipe, classes)
     return TrainResult(out, o.steps, seconds, path, history)

@@ -9,10 +9,8 @@ of ``(seed, step)``, a resumed run continues exactly where the interrupted one s
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +25,14 @@ from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.methods.vlm4rsdet.model import VLM4RSDet, export_detector
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json, write_text
-from rsvl.utils.checkpoint import load_training_state, save_training_state
 from rsvl.utils.config import to_yaml
 from rsvl.utils.device import check_device
-from rsvl.utils.progress import progress_bar
+from rsvl.utils.train_loop import resume_run, run_steps
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainResult", "build_model", "build_vlm_branch", "lr_at", "save_detector", "train"]
 
-CHECKPOINT = "last.pt"
 DETECTOR = "detector.pt"
 DETECTOR_FORMAT = "rsvl.vlm4rsdet.detector/1"
 
@@ -157,64 +153,35 @@ def train(
     model = build_model(cfg, classes).to(cfg.device)
     model.train()
     opt = _optimizer(model, cfg)
-    ckpt = out / CHECKPOINT
-    start = 0
-    history: list[dict[str, float]] = []
-    if resume and ckpt.is_file():
-        start = load_training_state(ckpt, model, opt, cfg_yaml, RESUMABLE_CHANGES)
-        if (out / "history.json").is_file():
-            history = [h for h in json.loads((out / "history.json").read_text()) if h["step"] <= start]
-        logger.info("resuming %s from step %d", out, start)
+    start, history = resume_run(out, model, opt, cfg_yaml, RESUMABLE_CHANGES, resume)
     write_text(out / "config.yaml", cfg_yaml)
-    t0 = time.perf_counter()
-    running: dict[str, float] = {}
-    count = 0
-    done = start  # steps whose optimiser update has been applied
-    try:
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"training {cfg.name}", total=cfg.optim.steps, completed=start)
-            for step in range(start, cfg.optim.steps):
-                lr = lr_at(step, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                images, targets = data.batch(step, cfg.optim.batch_size, cfg.seed, cfg.detector.input_scale)
-                images = [im.to(cfg.device) for im in images]
-                targets = [{k: v.to(cfg.device) for k, v in t.items()} for t in targets]
-                losses = model(images, targets)
-                loss = losses["loss"]
-                if not math.isfinite(float(loss.detach())):
-                    raise RuntimeError(f"non-finite loss at step {step}: { {k: float(v) for k, v in losses.items()} }")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip:  # per branch: the VLM's gradients must not shrink the detector's step
-                    torch.nn.utils.clip_grad_norm_(model.detector.parameters(), cfg.optim.grad_clip)
-                    if model.vlm is not None:
-                        torch.nn.utils.clip_grad_norm_(model.vlm.parameters(), cfg.optim.grad_clip)
-                opt.step()
-                done = step + 1
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                for k, v in values.items():
-                    running[k] = running.get(k, 0.0) + v
-                count += 1
-                if (step + 1) % cfg.optim.log_every == 0 or step + 1 == cfg.optim.steps:
-                    entry = {"step": step + 1, "lr": lr, **{k: v / count for k, v in running.items()}}
-                    history.append(entry)
-                    running, count = {}, 0
-                    bar.update(task, description=f"training {cfg.name} loss {entry['loss']:.3f}")
-                bar.advance(task)
-                if (step + 1) % cfg.optim.checkpoint_every == 0:
-                    save_training_state(ckpt, model, opt, step + 1, cfg_yaml)
-                    write_json(out / "history.json", history)
-                if on_step is not None:
-                    on_step(step, values)
-    except KeyboardInterrupt:
-        save_training_state(ckpt, model, opt, done, cfg_yaml)
-        write_json(out / "history.json", [h for h in history if h["step"] <= done])
-        logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
-        raise
-    seconds = time.perf_counter() - t0
-    save_training_state(ckpt, model, opt, cfg.optim.steps, cfg_yaml)
-    write_json(out / "history.json", history)
+
+    def one_step(step: int) -> dict[str, float]:
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        images, targets = data.batch(step, cfg.optim.batch_size, cfg.seed, cfg.detector.input_scale)
+        images = [im.to(cfg.device) for im in images]
+        targets = [{k: v.to(cfg.device) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = losses["loss"]
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"non-finite loss at step {step}: { {k: float(v) for k, v in losses.items()} }")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:  # per branch: the VLM's gradients must not shrink the detector's step
+            torch.nn.utils.clip_grad_norm_(model.detector.parameters(), cfg.optim.grad_clip)
+            if model.vlm is not None:
+                torch.nn.utils.clip_grad_norm_(model.vlm.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    seconds = run_steps(
+        out, model, opt, cfg_yaml, start=start, steps=cfg.optim.steps, history=history, step_fn=one_step,
+        lr_of=lambda step: lr_at(step, cfg), loss_key="loss", log_every=cfg.optim.log_every,
+        checkpoint_every=cfg.optim.checkpoint_every, label=f"training {cfg.name}", progress=progress,
+        on_step=on_step,
+    )  # fmt: skip
     detector = export_detector(model).eval()
     det_path = save_detector(out / DETECTOR, detector, cfg, classes)
     report = None

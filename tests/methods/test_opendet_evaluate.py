@@ -71,3 +71,17 @@ def test_wrong_names_lose_ap_but_keep_box_recall(tmp_path, monkeypatch):
 def test_unknown_novel_class_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="novel"):
         ev.evaluate_open(None, _samples(tmp_path), CLASSES, tiny_text_encoder(), novel=["ship"], progress=False)
+
+
+def test_lvis_preset_reads_the_category_frequencies(tmp_path, monkeypatch):
+    from rsvl.datasets.sample import Category
+
+    monkeypatch.setattr(ev, "predict_image", _fake_predictions(["plane", "storage tank"]))
+    cats = [Category(i + 1, name, {"frequency": f}) for i, (name, f) in enumerate(zip(CLASSES, "rcf", strict=True))]
+    samples = _samples(tmp_path)
+    for sample in samples:  # LVIS's federated labels: which classes were checked absent / not exhaustively
+        sample.meta.update(neg_categories=["small-vehicle"], not_exhaustive_categories=[])
+    result = ev.evaluate_open(None, samples, cats, tiny_text_encoder(), top_k=1, preset="lvis", progress=False)
+    assert result.report.preset == "lvis"
+    assert result.report.metrics["APr"] == pytest.approx(1.0)  # plane is the rare class here
+    assert result.report.metrics["APf"] == pytest.approx(1.0)  # storage-tank the frequent one

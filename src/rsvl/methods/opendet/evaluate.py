@@ -29,6 +29,7 @@ import torch
 from torchvision.ops import box_iou
 
 from rsvl.datasets import Instance, Sample
+from rsvl.datasets.sample import Category
 from rsvl.datasets.training import read_rgb
 from rsvl.errors import InputError
 from rsvl.methods.opendet.infer import LoadedOpenDet, predict_image
@@ -69,7 +70,7 @@ def open_instances(
 def evaluate_open(
     loaded: LoadedOpenDet,
     samples: Sequence[Sample],
-    classes: Sequence[str],
+    classes: Sequence[str | Category],
     encoder: TextEncoder,
     *,
     novel: Sequence[str] = (),
@@ -77,8 +78,13 @@ def evaluate_open(
     top_k: int = 15,
     progress: bool = True,
 ) -> OpenEvaluation:
-    """Predict on every sample, map names onto ``classes`` and score (see the module docstring)."""
-    classes = list(classes)
+    """Predict on every sample, map names onto ``classes`` and score (see the module docstring).
+
+    ``classes`` are names or the dataset's :class:`~rsvl.datasets.Category` objects; the ``lvis``
+    preset needs the latter (their ``frequency`` gives APr/APc/APf).
+    """
+    declared = list(classes)
+    classes = [c.name if isinstance(c, Category) else str(c) for c in declared]
     unknown = sorted(set(novel) - set(classes))
     if unknown:
         raise InputError(f"novel classes {unknown} are not among the dataset's classes {classes}")
@@ -125,7 +131,7 @@ def evaluate_open(
                     exact += int(joined[best].lower() == natural_name(g.category).lower())
             per_image.append({"image": str(sample.image), "names": joined[:10]})
             bar.advance(task)
-    report = evaluate_detection(list(samples), preds, preset, categories=classes, strict=False)
+    report = evaluate_detection(list(samples), preds, preset, categories=declared, strict=False)
     per_class = report.details.get("per_category_AP", {})
 
     def mean_ap(names: Sequence[str]) -> float:

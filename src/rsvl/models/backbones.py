@@ -22,7 +22,6 @@ ImageNet mean/std instead; the checkpoints themselves were trained with 127/128.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from torch import nn
 
 from rsvl.errors import InputError
 from rsvl.utils.checkpoint import read_torch_file
+from rsvl.utils.packages import package_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +99,12 @@ def lite0_weights_path(pretrained: bool | str | Path = True) -> Path:
         InputError: the weights package is not installed, or the file does not exist.
     """
     if pretrained is True:
-        spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
+        path = package_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)
+        if path is None:
             raise InputError(
-                f"EfficientNet-Lite0 weights package {WEIGHTS_PACKAGE!r} is not installed: {_INSTALL_HINT}"
+                f"EfficientNet-Lite0 weights package {WEIGHTS_PACKAGE!r} is not installed or lacks its checkpoint: "
+                f"{_INSTALL_HINT}"
             )
-        path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
-        if not path.is_file():
-            raise InputError(f"weights package is installed but lacks its checkpoint; reinstall: {_INSTALL_HINT}", path)
         return path
     if isinstance(pretrained, (str, Path)):
         path = Path(pretrained)

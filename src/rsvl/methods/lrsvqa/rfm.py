@@ -215,15 +215,27 @@ def distill_step(
     rope_positions: torch.Tensor | None = None,
 ) -> float:
     """One optimisation step of the RFM towards the LLM's attention on one sequence; returns the loss."""
-    teacher = teacher_attention(model, inputs_embeds.detach(), query, rfm.teacher_layers, rope_positions)
     rfm.train()
-    student = rfm.log_attention(inputs_embeds.detach(), query, rope_positions)
-    loss = distillation_loss(student, [teacher[i] for i in rfm.teacher_layers], temperature)
+    loss = rfm_distillation_loss(rfm, model, inputs_embeds, query, temperature, rope_positions)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     rfm.eval()
     return float(loss.detach())
+
+
+def rfm_distillation_loss(
+    rfm: RegionFocusModule,
+    model: nn.Module,
+    inputs_embeds: torch.Tensor,
+    query: AttentionQuery,
+    temperature: float = 2.0,
+    rope_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The RFM's distillation loss on one sequence (differentiable in the RFM only)."""
+    teacher = teacher_attention(model, inputs_embeds.detach(), query, rfm.teacher_layers, rope_positions)
+    student = rfm.log_attention(inputs_embeds.detach(), query, rope_positions)
+    return distillation_loss(student, [teacher[i] for i in rfm.teacher_layers], temperature)
 
 
 def save_rfm(rfm: RegionFocusModule, path: str | os.PathLike[str]) -> Path:

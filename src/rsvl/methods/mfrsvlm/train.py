@@ -45,6 +45,7 @@ from pydantic import Field
 
 from rsvl.errors import InputError
 from rsvl.methods.mfrsvlm.data import Collator, Item, Source, TaskMix
+from rsvl.methods.mfrsvlm.injection import decoder_layers
 from rsvl.methods.mfrsvlm.model import MFRSVLM
 from rsvl.methods.mfrsvlm.prompts import match_class
 from rsvl.metrics.report import EvalReport
@@ -52,6 +53,7 @@ from rsvl.utils.atomic import atomic_path, write_json
 from rsvl.utils.checkpoint import read_torch_file
 from rsvl.utils.config import CheckedModel
 from rsvl.utils.device import check_device
+from rsvl.utils.distributed import Distributed, MixedPrecision
 from rsvl.utils.progress import progress_bar
 
 __all__ = ["CHECKPOINT", "HISTORY", "TRAINABLE", "TrainConfig", "TrainResult", "evaluate", "lr_factor", "train"]
@@ -63,7 +65,7 @@ TRAINABLE = "trainable.safetensors"
 HISTORY = "history.json"
 _FORMAT = "rsvl.mfrsvlm.train/1"
 #: Config fields that may change between an interrupted run and its resumption (no effect on results).
-RESUMABLE_CHANGES = ("checkpoint_every", "device")
+RESUMABLE_CHANGES = ("checkpoint_every", "device", "strategy")
 
 Sources = TaskMix | Iterable[Source | Mapping[str, Any] | Sequence[Any]]
 
@@ -75,7 +77,7 @@ class TrainConfig(CheckedModel):
         stage: 1 (projector + fusion + injector) or 2 (those + LoRA on the LM's q/v projections).
         steps: optimiser steps.
         lr: peak learning rate (LLaVA-1.5: 1e-3 for stage 1, 2e-4 for LoRA fine-tuning).
-        batch_size: examples per micro-batch.
+        batch_size: examples per micro-batch, summed over processes (each computes its share).
         grad_accum: micro-batches per optimiser step.
         warmup: linear warm-up steps.
         min_lr_ratio: learning rate at the end of the cosine, as a fraction of ``lr``.
@@ -86,6 +88,9 @@ class TrainConfig(CheckedModel):
         checkpoint_every: write ``last.pt`` every this many steps (and at the end).
         seed: data order, caption picks, LoRA initialisation and the torch RNG.
         device: torch device the model is moved to.
+        mixed_precision: autocast ``no``/``bf16``/``fp16``/``auto`` (:mod:`rsvl.utils.distributed`).
+        strategy: under ``torchrun``: ``ddp`` replicates the model; ``fsdp`` shards the frozen
+            LLM and vision tower blocks with FSDP2 and replicates the trainable parts.
     """
 
     stage: Literal[1, 2] = 1
@@ -104,6 +109,8 @@ class TrainConfig(CheckedModel):
     checkpoint_every: int = Field(default=100, ge=1)
     seed: int = 0
     device: str = "cpu"
+    mixed_precision: MixedPrecision = "no"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     label: ClassVar[str] = "MF-RSVLM training config"
 
@@ -264,8 +271,37 @@ def train(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("the run folder is an existing file", out)
-    device = check_device(cfg.device)
+    check_device(cfg.device)
     mix = _as_mix(sources, cfg.seed)
+    dist = Distributed(cfg.device, cfg.mixed_precision, cfg.strategy)
+    try:
+        return _train(model, mix, cfg, out, dist, resume=resume, progress=progress, on_step=on_step)
+    finally:
+        dist.close()
+
+
+def _frozen_blocks(model: MFRSVLM) -> list[torch.nn.Module]:
+    """The blocks FSDP shards: the language model's decoder layers and the vision tower's layers."""
+    blocks = list(decoder_layers(model.llava))
+    tower = getattr(model.llava.model, "vision_tower", None)
+    encoder = getattr(getattr(tower, "vision_model", None), "encoder", None)
+    return blocks + list(getattr(encoder, "layers", []))
+
+
+def _train(
+    model: MFRSVLM,
+    mix: TaskMix,
+    cfg: TrainConfig,
+    out: Path,
+    dist: Distributed,
+    *,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> TrainResult:
+    """:func:`train` inside the process group: every rank trains its share, rank 0 writes."""
+    dist.check_batch(cfg.batch_size)
+    device = dist.device
     collate = Collator(model, max_length=cfg.max_length)
     model.to(device)
     if cfg.stage == 2:
@@ -279,59 +315,75 @@ def train(
     opt = _optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     fingerprint = _fingerprint(model, mix, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     ckpt = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     start, history = 0, []
     if resume and ckpt.is_file():
         start, history = _load_checkpoint(ckpt, model, opt, sched, fingerprint)
         logger.info("resuming %s from step %d", out, start)
-    write_json(out / "config.json", {"config": cfg.model_dump(mode="json"), "sources": mix.describe()})
+    if dist.is_main:
+        write_json(out / "config.json", {"config": cfg.model_dump(mode="json"), "sources": mix.describe()})
+    runner = dist.wrap(model, _frozen_blocks(model))
+    trained = list(params.values())
+
+    def save(step: int, rng: dict[str, Any], entries: list[dict[str, float]]) -> None:
+        if dist.is_main:
+            _save_checkpoint(ckpt, model, opt, sched, step, rng, entries, fingerprint)
+            write_json(out / HISTORY, entries)
+
     model.train()
     t0 = time.perf_counter()
     done = start
     rng_at_done = _rng_state(device)  # the RNG state when `done` steps are complete
     try:
-        with progress_bar(progress) as bar:
+        with progress_bar(progress and dist.is_main) as bar:
             task = bar.add_task(f"MF-RSVLM stage {cfg.stage}", total=cfg.steps, completed=start)
             for step in range(start, cfg.steps):
+                if dist.distributed:  # each rank its own stream, fixed by (seed, rank, step)
+                    dist.seed_step(cfg.seed, step)
                 lr = float(opt.param_groups[0]["lr"])
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
                 for micro in range(cfg.grad_accum):
-                    batch = collate(mix.batch(step * cfg.grad_accum + micro, cfg.batch_size))
+                    batch = collate(dist.shard(mix.batch(step * cfg.grad_accum + micro, cfg.batch_size)))
                     images = batch.pop("images").to(device)
-                    loss = model(images, batch["input_ids"], batch["labels"], batch["attention_mask"]).loss
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise InputError(f"non-finite loss {value} at step {step} (lower the learning rate?)")
-                    (loss / cfg.grad_accum).backward()
+                    with dist.sync_context(runner, micro == cfg.grad_accum - 1):
+                        with dist.autocast():
+                            out_ = runner(images, batch["input_ids"], batch["labels"], batch["attention_mask"])
+                        value = float(out_.loss.detach())
+                        if not math.isfinite(value):
+                            raise InputError(f"non-finite loss {value} at step {step} (lower the learning rate?)")
+                        dist.backward(out_.loss / cfg.grad_accum)
                     total += value / cfg.grad_accum
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
-                opt.step()
+                clip = [(trained, cfg.max_grad_norm)] if cfg.max_grad_norm is not None else []
+                dist.step(opt, clip)
                 sched.step()
+                total = dist.mean({"loss": total})["loss"]
                 done = step + 1
                 rng_at_done = _rng_state(device)
                 history.append({"step": done, "lr": lr, "loss": total})
                 bar.update(task, advance=1, description=f"MF-RSVLM stage {cfg.stage} loss {total:.3f}")
                 if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                    _save_checkpoint(ckpt, model, opt, sched, done, rng_at_done, history, fingerprint)
-                    write_json(out / HISTORY, history)
+                    save(done, rng_at_done, history)
+                    dist.barrier()
                 if on_step is not None:
                     on_step(done, total)
     except KeyboardInterrupt:
         # a step in flight is dropped: it is redone, from the same RNG state, when the run resumes
         history = [h for h in history if h["step"] <= done]
-        _save_checkpoint(ckpt, model, opt, sched, done, rng_at_done, history, fingerprint)
-        write_json(out / HISTORY, history)
+        save(done, rng_at_done, history)
         logger.warning("interrupted: checkpoint at step %d in %s; run again to resume", done, ckpt)
         raise
     seconds = time.perf_counter() - t0
     model.eval()
-    _save_checkpoint(ckpt, model, opt, sched, cfg.steps, _rng_state(device), history, fingerprint)
-    write_json(out / HISTORY, history)
-    trainable = model.save_trainable(out / TRAINABLE)
+    save(cfg.steps, _rng_state(device), history)
+    trainable = out / TRAINABLE
+    if dist.is_main:
+        model.save_trainable(trainable)
+    dist.barrier()
     return TrainResult(out, cfg.steps, seconds, trainable, ckpt, history)
 
 

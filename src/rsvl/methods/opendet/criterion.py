@@ -34,6 +34,7 @@ from rsvl.methods.opendet.losses import (
     plain_alignment_loss,
 )
 from rsvl.methods.opendet.matching import MatchResult, match_one_to_many, match_one_to_one
+from rsvl.utils.distributed import mean_over_processes
 
 __all__ = ["ImageTargets", "StageLosses", "stage_losses"]
 
@@ -67,7 +68,8 @@ def stage_losses(
 ) -> StageLosses:
     """Match one stage's queries to the targets and compute its weighted losses."""
     k = cfg.one_to_many_k if one_to_many and cfg.decoupled_matching else 1
-    num_boxes = max(1.0, float(sum(len(t) for t in targets) * k))
+    # averaged over data-parallel processes, as Deformable DETR does: N processes = one whole batch
+    num_boxes = max(1.0, mean_over_processes(float(sum(len(t) for t in targets) * k)))
     totals = {name: stage.boxes.new_zeros(()) for name in ("bce", "align", "bbox", "giou")}
     matches: list[MatchResult] = []
     for b, tgt in enumerate(targets):

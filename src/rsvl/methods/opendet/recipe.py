@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from rsvl.datasets.training import DataConfig
 from rsvl.methods.opendet.config import OpenDetConfig
 from rsvl.utils.config import StrictModel, load_config
+from rsvl.utils.distributed import ParallelFields
 
 __all__ = ["NamesSection", "OpenDetRecipe", "OptimSection", "TextSection", "load_recipe"]
 
@@ -48,8 +49,8 @@ class TextSection(StrictModel):
     tiny: bool = Field(False, description="a tiny random encoder (tests only)")
 
 
-class OptimSection(StrictModel):
-    """AdamW, a step learning-rate drop, checkpoints."""
+class OptimSection(ParallelFields):
+    """AdamW, a step learning-rate drop, checkpoints; accumulation and precision (``batch_size`` is global)."""
 
     lr: float = Field(1e-4, gt=0)
     backbone_lr_mult: float = Field(0.1, gt=0)
@@ -58,7 +59,7 @@ class OptimSection(StrictModel):
     grad_clip: float | None = Field(0.1, gt=0)
     steps: int = Field(1000, ge=1)
     lr_drop: float = Field(0.83, gt=0, le=1, description="fraction of the run after which lr drops 10x")
-    batch_size: int = Field(2, ge=1)
+    batch_size: int = Field(2, ge=1, description="images per step, summed over processes and micro-steps")
     image_size: int = Field(512, ge=65, description="crops are resized to this square side")
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)

@@ -36,6 +36,7 @@ from rsvl.models.text_encoders import TextEncoder, load_text_encoder, tiny_text_
 from rsvl.utils.atomic import atomic_path, write_text
 from rsvl.utils.config import to_yaml
 from rsvl.utils.device import check_device
+from rsvl.utils.distributed import Distributed, step_seed
 from rsvl.utils.train_loop import CHECKPOINT, resume_run, run_steps
 
 __all__ = [
@@ -154,9 +155,11 @@ def _optimizer(model: OpenDet, recipe: OpenDetRecipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _set_name_stage(model: OpenDet, recipe: OpenDetRecipe, step: int) -> None:
+def _set_name_stage(model: OpenDet, recipe: OpenDetRecipe, step: int) -> bool:
+    """Train the name generator's LoRA head alone (returns True) or all of it, as the step requires."""
     head_only = recipe.names.freeze or step < recipe.names.head_steps
     model.names.trainable_parameters("head" if head_only else "full")
+    return head_only
 
 
 def save_model(path: Path, model: OpenDet, recipe: OpenDetRecipe, classes: list[str]) -> Path:
@@ -189,45 +192,86 @@ def train(
     if o.threads:
         torch.set_num_threads(o.threads)
     data = DetectionTrainSet(recipe.data, "hbb")
+    dist = Distributed(recipe.device, o.mixed_precision)
+    try:
+        return _train(recipe, out, data, dist, resume=resume, progress=progress, on_step=on_step)
+    finally:
+        dist.close()
+
+
+def _train(
+    recipe: OpenDetRecipe,
+    out: Path,
+    data: DetectionTrainSet,
+    dist: Distributed,
+    *,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    """:func:`train` inside the process group: every rank trains, rank 0 writes."""
+    o = recipe.optim
+    dist.check_batch(o.batch_size, o.grad_accum)
+    device = dist.device
     classes = data.classes
     words = [natural_name(c) for c in classes]
-    encoder = build_text_encoder(recipe.text, recipe.device)
-    class_text = encoder.encode_names(words).to(recipe.device)
+    encoder = build_text_encoder(recipe.text, str(device))
+    class_text = encoder.encode_names(words).to(device)
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe, encoder.dim)
+    model = build_model(recipe, encoder.dim).to(device)
     model.train()
     opt = _optimizer(model, recipe)
     cfg_yaml = to_yaml(recipe)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     start, history = resume_run(out, model, opt, cfg_yaml, RESUMABLE_CHANGES, resume)
-    write_text(out / "config.yaml", cfg_yaml)
+    if dist.is_main:
+        write_text(out / "config.yaml", cfg_yaml)
+    wrapped: dict[bool, torch.nn.Module] = {}  # DDP registers the trainable set when it wraps
 
     def lr_factor(step: int) -> float:
         return 0.1 if step >= o.lr_drop * o.steps else 1.0
 
     def one_step(step: int) -> dict[str, float]:
-        _set_name_stage(model, recipe, step)
+        head_only = _set_name_stage(model, recipe, step)
+        if head_only not in wrapped:
+            wrapped.clear()
+            wrapped[head_only] = dist.wrap(model)
+        runner = wrapped[head_only]
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step)
-        images, targets = data.batch(step, o.batch_size, recipe.seed)
-        pixels, batch = prepare_batch(images, targets, o.image_size, model.mean, model.std, words, class_text)
-        noise = torch.Generator(device=recipe.device).manual_seed(recipe.seed * 1_000_003 + step)
-        losses = model(pixels.to(recipe.device), batch, generator=noise)
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if not math.isfinite(values["total"]):
-            raise RuntimeError(f"non-finite loss at step {step}: {values}")
         opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], o.grad_clip)
-        opt.step()
-        return values
+        sums: dict[str, float] = {}
+        for micro in range(o.grad_accum):
+            slots = dist.slots(o.batch_size, o.grad_accum, micro)
+            images, targets = data.batch(step, o.batch_size, recipe.seed, slots=slots)
+            pixels, batch = prepare_batch(images, targets, o.image_size, model.mean, model.std, words, class_text)
+            noise = torch.Generator(device=device).manual_seed(
+                step_seed(recipe.seed, dist.rank, step * o.grad_accum + micro)
+            )
+            with dist.sync_context(runner, micro == o.grad_accum - 1):
+                with dist.autocast():
+                    losses = runner(pixels.to(device), batch, generator=noise)
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if not math.isfinite(values["total"]):
+                    raise RuntimeError(f"non-finite loss at step {step}: {values}")
+                dist.backward(losses["total"] / o.grad_accum)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v / o.grad_accum
+        clip = [([p for p in model.parameters() if p.requires_grad], o.grad_clip)] if o.grad_clip else []
+        dist.step(opt, clip)
+        return dist.mean(sums)
 
     seconds = run_steps(
         out, model, opt, cfg_yaml, start=start, steps=o.steps, history=history, step_fn=one_step,
         lr_of=lambda step: o.lr * lr_factor(step), loss_key="total", log_every=o.log_every,
         checkpoint_every=o.checkpoint_every, label=f"training {recipe.name}", progress=progress, on_step=on_step,
+        dist=dist, seed=recipe.seed,
     )  # fmt: skip
     model.eval()
-    path = save_model(out / MODEL_FILE, model, recipe, classes)
+    path = out / MODEL_FILE
+    if dist.is_main:
+        save_model(path, model, recipe, classes)
+    dist.barrier()
     return TrainResult(out, o.steps, seconds, path, history)

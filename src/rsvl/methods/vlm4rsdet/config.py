@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from rsvl.datasets.training import DataConfig
 from rsvl.utils.config import StrictModel, load_config
+from rsvl.utils.distributed import ParallelFields
 
 __all__ = [
     "DataConfig",
@@ -73,8 +74,8 @@ class VLMConfig(StrictModel):
     freeze_language_model: bool = Field(False, description="train only tokens/projector/LHPS, not Florence-2")
 
 
-class OptimConfig(StrictModel):
-    """Optimiser, schedule and checkpointing."""
+class OptimConfig(ParallelFields):
+    """Optimiser, schedule, checkpointing; accumulation and precision (``batch_size`` is global)."""
 
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.0025, gt=0, description="FCOS uses 0.01 at batch 16; scale with the batch")
@@ -83,7 +84,7 @@ class OptimConfig(StrictModel):
     warmup_steps: int = Field(100, ge=0)
     steps: int = Field(1000, ge=1, description="optimisation steps (batches)")
     lr_drops: list[float] = Field([0.67, 0.89], description="fractions of `steps` where lr drops by 10x")
-    batch_size: int = Field(2, ge=1)
+    batch_size: int = Field(2, ge=1, description="images per step, summed over processes and micro-steps")
     grad_clip: float | None = Field(10.0, gt=0)
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(20, ge=1)

@@ -27,6 +27,7 @@ from rsvl.metrics.report import EvalReport
 from rsvl.utils.atomic import atomic_path, write_json, write_text
 from rsvl.utils.config import to_yaml
 from rsvl.utils.device import check_device
+from rsvl.utils.distributed import Distributed
 from rsvl.utils.train_loop import resume_run, run_steps
 
 logger = logging.getLogger(__name__)
@@ -148,47 +149,82 @@ def train(
     val = None
     if evaluate and cfg.data.val_root:  # read (and check) it now, not after hours of training
         val = DetectionTrainSet(cfg.data, cfg.detector.box_type, classes, root=cfg.data.val_root)
-    out.mkdir(parents=True, exist_ok=True)
+    dist = Distributed(cfg.device, cfg.optim.mixed_precision)
+    try:
+        return _train(cfg, out, data, val, dist, resume=resume, progress=progress, on_step=on_step)
+    finally:
+        dist.close()
+
+
+def _train(
+    cfg: VLM4RSDetConfig,
+    out: Path,
+    data: DetectionTrainSet,
+    val: DetectionTrainSet | None,
+    dist: Distributed,
+    *,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    """:func:`train` inside the process group: every rank trains, rank 0 writes."""
+    o = cfg.optim
+    dist.check_batch(o.batch_size, o.grad_accum)
+    classes = data.classes
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     cfg_yaml = to_yaml(cfg)
-    model = build_model(cfg, classes).to(cfg.device)
+    model = build_model(cfg, classes).to(dist.device)
     model.train()
     opt = _optimizer(model, cfg)
     start, history = resume_run(out, model, opt, cfg_yaml, RESUMABLE_CHANGES, resume)
-    write_text(out / "config.yaml", cfg_yaml)
+    if dist.is_main:
+        write_text(out / "config.yaml", cfg_yaml)
+    runner = dist.wrap(model)
+    clip = [] if not o.grad_clip else [(list(model.detector.parameters()), o.grad_clip)]
+    if o.grad_clip and model.vlm is not None:  # per branch: the VLM's gradients must not shrink the detector's step
+        clip.append((list(model.vlm.parameters()), o.grad_clip))
 
     def one_step(step: int) -> dict[str, float]:
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        images, targets = data.batch(step, cfg.optim.batch_size, cfg.seed, cfg.detector.input_scale)
-        images = [im.to(cfg.device) for im in images]
-        targets = [{k: v.to(cfg.device) for k, v in t.items()} for t in targets]
-        losses = model(images, targets)
-        loss = losses["loss"]
-        if not math.isfinite(float(loss.detach())):
-            raise RuntimeError(f"non-finite loss at step {step}: { {k: float(v) for k, v in losses.items()} }")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip:  # per branch: the VLM's gradients must not shrink the detector's step
-            torch.nn.utils.clip_grad_norm_(model.detector.parameters(), cfg.optim.grad_clip)
-            if model.vlm is not None:
-                torch.nn.utils.clip_grad_norm_(model.vlm.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        sums: dict[str, float] = {}
+        for micro in range(o.grad_accum):
+            slots = dist.slots(o.batch_size, o.grad_accum, micro)
+            images, targets = data.batch(step, o.batch_size, cfg.seed, cfg.detector.input_scale, slots)
+            images = [im.to(dist.device) for im in images]
+            targets = [{k: v.to(dist.device) for k, v in t.items()} for t in targets]
+            with dist.sync_context(runner, micro == o.grad_accum - 1):
+                with dist.autocast():
+                    losses = runner(images, targets)
+                loss = losses["loss"]
+                if not math.isfinite(float(loss.detach())):
+                    raise RuntimeError(f"non-finite loss at step {step}: { {k: float(v) for k, v in losses.items()} }")
+                dist.backward(loss / o.grad_accum)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / o.grad_accum
+        dist.step(opt, clip)
+        return dist.mean(sums)
 
     seconds = run_steps(
-        out, model, opt, cfg_yaml, start=start, steps=cfg.optim.steps, history=history, step_fn=one_step,
-        lr_of=lambda step: lr_at(step, cfg), loss_key="loss", log_every=cfg.optim.log_every,
-        checkpoint_every=cfg.optim.checkpoint_every, label=f"training {cfg.name}", progress=progress,
-        on_step=on_step,
+        out, model, opt, cfg_yaml, start=start, steps=o.steps, history=history, step_fn=one_step,
+        lr_of=lambda step: lr_at(step, cfg), loss_key="loss", log_every=o.log_every,
+        checkpoint_every=o.checkpoint_every, label=f"training {cfg.name}", progress=progress,
+        on_step=on_step, dist=dist, seed=cfg.seed,
     )  # fmt: skip
     detector = export_detector(model).eval()
-    det_path = save_detector(out / DETECTOR, detector, cfg, classes)
+    det_path = out / DETECTOR
     report = None
-    if val is not None:
-        from rsvl.methods.vlm4rsdet.infer import LoadedDetector, evaluate_detector
+    if dist.is_main:
+        save_detector(det_path, detector, cfg, classes)
+        if val is not None:
+            from rsvl.methods.vlm4rsdet.infer import LoadedDetector, evaluate_detector
 
-        loaded = LoadedDetector(detector, classes, cfg.detector, cfg.name)
-        report = evaluate_detector(loaded, val, cfg.preset, progress=progress)
-        write_json(out / "eval.json", report.to_dict())
-    return TrainResult(out, cfg.optim.steps, seconds, det_path, history, report)
+            loaded = LoadedDetector(detector, classes, cfg.detector, cfg.name)
+            report = evaluate_detector(loaded, val, cfg.preset, progress=progress)
+            write_json(out / "eval.json", report.to_dict())
+    dist.barrier()
+    return TrainResult(out, o.steps, seconds, det_path, history, report)

@@ -169,6 +169,95 @@ def demo(
     console.print(f"outputs in [bold]{report.out_dir.resolve()}[/] (summary: {report.summary_path.name})")
 
 
+def _detect_ray(
+    images: list[Path],
+    model_path: Path,
+    method: str,
+    out: Path,
+    formats: str | None,
+    tile: int,
+    overlap: int,
+    device: str,
+    coco_gt: Path | None,
+    score_threshold: float,
+    names_path: Path | None,
+    workers: int,
+    ray_address: str | None,
+    retries: int,
+) -> None:
+    """``rsvl detect --engine ray``: archive-scale inference (see docs/archive_inference.md)."""
+    from rsvl.engines import PredictorSpec, detect_archive
+
+    if coco_gt is not None:
+        raise InputError("--engine ray writes geojson / parquet per image; --coco-gt does not apply")
+    if method not in ("vlm4rsdet", "opendet"):
+        raise InputError(f"unknown --method {method!r}; choose vlm4rsdet or opendet")
+    wanted = [f.strip() for f in (formats or "geojson").split(",") if f.strip()]
+    threshold = score_threshold if method == "opendet" else None
+    spec = PredictorSpec(method, model_path, device, score_threshold=threshold, names_path=names_path)  # type: ignore[arg-type]
+    result = detect_archive(
+        images, spec, out, tile=tile, overlap=overlap, workers=workers, formats=wanted, retries=retries,
+        address=ray_address, progress=not _State.quiet,
+    )  # fmt: skip
+    console.print(
+        f"{len(result.written)} image(s), {result.tiles_done} tiles ({result.tiles_empty} empty) in "
+        f"{result.seconds:.1f} s: {result.tiles_per_s:.2f} tiles/s on {result.workers} worker(s); outputs in {out}",
+        highlight=False,
+    )
+    if result.tiles_failed:
+        err_console.print(
+            f"[red]{result.tiles_failed} tile(s) failed after {retries} retries:[/] see {result.failed_tiles_path}"
+        )
+        raise typer.Exit(1)
+
+
+def _zoo_or_path(model: Path, method: str) -> Path:
+    """A model file, or the shipped weights of a zoo model of that name (checked against ``method``)."""
+    from rsvl.zoo import get_model, is_zoo_name, weights_path
+
+    if model.exists() or not is_zoo_name(str(model)):
+        return model
+    entry = get_model(str(model))
+    if entry.method != method:
+        raise InputError(f"zoo model {entry.name!r} is a {entry.method} model; use --method {entry.method}")
+    return weights_path(entry.name)
+
+
+models_app = typer.Typer(help="The model zoo: small models trained by rsvl, shipped inside the package.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the zoo models (usable by name wherever a command takes a model file)."""
+    from rsvl.zoo import ZOO, _root
+
+    table = Table(title="rsvl model zoo")
+    for col in ("name", "method", "task", "MB", "recipe"):
+        table.add_column(col)
+    for entry in ZOO.values():
+        file = _root() / "weights" / entry.weights
+        size = f"{file.stat().st_size / 1e6:.1f}" if file.is_file() else "missing"
+        table.add_row(entry.name, entry.method, entry.task, size, entry.recipe)
+    console.print(table)
+    console.print("details: rsvl models show NAME")
+
+
+@models_app.command("show")
+@_fails_cleanly
+def models_show(name: Annotated[str, typer.Argument(help="A zoo model name (rsvl models list).")]) -> None:
+    """Print a zoo model's card: data, recipe, measured metrics, limits."""
+    from rich.markdown import Markdown
+
+    from rsvl.zoo import card_path, weights_path
+
+    card = card_path(name)
+    if not card.is_file():
+        raise InputError(f"zoo model {name!r} has no model card in this installation", card)
+    console.print(Markdown(card.read_text(encoding="utf-8")))
+    console.print(f"weights: {weights_path(name)}", highlight=False)
+
+
 data_app = typer.Typer(
     help="Datasets in the real public formats: generate synthetic ones, check, convert, list formats.",
     no_args_is_help=True,
@@ -588,7 +677,9 @@ def detect(
     model_path: Annotated[
         Path,
         typer.Option(
-            "--model-path", "-m", help="detector.pt (rsvl train vlm4rsdet) or opendet.pt (rsvl train opendet)."
+            "--model-path",
+            "-m",
+            help="detector.pt (rsvl train vlm4rsdet), opendet.pt (rsvl train opendet) or a zoo name (rsvl models list)",
         ),
     ],
     method: Annotated[str, typer.Option(help="vlm4rsdet (closed-set) or opendet (generates object names).")] = (
@@ -611,13 +702,31 @@ def detect(
     names_path: Annotated[
         Path | None, typer.Option("--names-path", help="opendet: the FlanT5 folder, if it moved since training.")
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local (in this process) or ray (tiles of many images over Ray workers).")
+    ] = "local",
+    workers: Annotated[int, typer.Option(min=1, help="ray: model workers (one CPU or GPU each).")] = 2,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="ray: a running cluster (e.g. auto); default starts a local one."),
+    ] = None,
+    retries: Annotated[int, typer.Option(min=0, help="ray: retries of a tile whose prediction fails.")] = 2,
 ) -> None:
     """Detect objects with a trained detector; huge rasters go through sliced inference.
 
-    With --method opendet every box gets a generated name (no class list needed).
+    With --method opendet every box gets a generated name (no class list needed). With --engine ray
+    the tiles of all images are spread over Ray workers and each image is written as soon as its
+    last tile is in (formats geojson, parquet).
     """
     if not 0 <= overlap < tile:
         raise InputError(f"--overlap must lie in [0, --tile), got {overlap} with tile {tile}")
+    model_path = _zoo_or_path(model_path, method)
+    if engine == "ray":
+        _detect_ray(images, model_path, method, out, formats, tile, overlap, device, coco_gt, score_threshold,
+                    names_path, workers, ray_address, retries)  # fmt: skip
+        return
+    if engine != "local":
+        raise InputError(f"unknown --engine {engine!r}; choose local or ray")
     if method == "opendet":
         from rsvl.methods.opendet.infer import detect_files as detect_open
         from rsvl.methods.opendet.infer import load_opendet

@@ -282,6 +282,7 @@ class RotatedFCOS(nn.Module):
         nms_thresh: float = 0.1,
         detections_per_img: int = 300,
         topk_candidates: int = 1000,
+        num_convs: int = 4,
     ) -> None:
         super().__init__()
         channels = getattr(backbone, "out_channels", None)
@@ -297,7 +298,7 @@ class RotatedFCOS(nn.Module):
         self.num_classes = num_classes
         self.fpn_strides = tuple(float(s) for s in fpn_strides)
         self.regress_ranges = tuple((float(lo), float(hi)) for lo, hi in regress_ranges)
-        self.head = RotatedFCOSHead(channels, num_classes, self.fpn_strides)
+        self.head = RotatedFCOSHead(channels, num_classes, self.fpn_strides, num_convs)
         # used only for normalise + pad (min/max size are unused: resize() is never called)
         self.transform = GeneralizedRCNNTransform(1, 1, list(image_mean), list(image_std), size_divisible)
         self.size_divisible = size_divisible

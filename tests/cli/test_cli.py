@@ -90,9 +90,19 @@ def test_tiles_writes_georeferenced_tiles_index_and_resumes(tmp_path):
 
 
 def test_demo_runs_on_bundled_data_and_recovers_every_tree(tmp_path):
-    result = runner.invoke(app, ["--quiet", "demo", "--out", str(tmp_path / "demo")])
+    result = runner.invoke(app, ["--quiet", "demo", "--out", str(tmp_path / "demo"), "--no-vlm"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    # the zoo detector ran on the real GeoTIFF and was scored by the harness, protocol recorded
+    detected = {row["image"]: row for row in summary["detection"]["images"]}
+    assert detected["OSBS_029.tif"]["detections (score >= 0.5)"] >= 10
+    assert summary["detection"]["evaluation"]["preset"] == "coco"
+    assert summary["detection"]["evaluation"]["metrics"]["AP50"] > 0.05
+    osbs = json.loads((tmp_path / "demo" / "OSBS_029.detections.geojson").read_text())
+    assert "32617" in json.dumps(osbs["crs"]) and len(osbs["features"]) >= 10
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "AP50" in page and "iou" in page.lower()
+    assert "report.html" in result.output
     assert summary["trees"]["recovered_exactly"] == summary["trees"]["annotated"] == 61
     assert summary["trees"]["after_merge"] == 61 and summary["trees"]["boxes_over_all_tiles"] > 61
     assert summary["buildings"]["footprints"] == 43

@@ -57,7 +57,8 @@ def test_train_writes_trained_parts_and_scores_then_caption_and_classify_use_the
     vqa = ["vqa", str(image), "Is there a forest?", "--method", "mfrsvlm", "-c", str(path), "--weights", weights]
     answered = runner.invoke(app, vqa)
     assert answered.exit_code == 0 and "answer:" in answered.output, answered.output
-    assert runner.invoke(app, ["vqa", str(image), "q", "--method", "mfrsvlm"]).exit_code == 2  # no recipe
+    zoo_with_weights = runner.invoke(app, ["vqa", str(image), "q", "--method", "mfrsvlm", "--weights", weights])
+    assert zoo_with_weights.exit_code == 2 and "--weights goes with -c" in zoo_with_weights.output
     assert runner.invoke(app, ["vqa", str(image), "q", "--method", "blip"]).exit_code == 2
     again = runner.invoke(app, ["train", "mfrsvlm", "-c", str(path), "-o", str(out), "--no-eval"])
     assert again.exit_code == 0 and "2 steps" in again.output  # resumed: nothing left to do

@@ -24,6 +24,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { border-bottom: 2px solid #2a6; padding-bottom: .3em; }
 h2 { margin-top: 2em; color: #264; }
 table { border-collapse: collapse; margin: .8em 0; }
+caption { caption-side: top; text-align: left; white-space: nowrap; font-weight: 600; padding: .2em 0; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; font-size: 0.92em; }
 th { background: #eef5ef; }
 figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
@@ -79,8 +80,10 @@ class HtmlReport:
         """An :class:`~rsvl.metrics.report.EvalReport`: its numbers, then the protocol that made them."""
         metrics = [{"metric": k, "value": v} for k, v in report.metrics.items() if isinstance(v, (int, float))]
         self.table(metrics, ["metric", "value"], caption or f"{report.task} ({report.preset})")
-        protocol = report.protocol if isinstance(report.protocol, dict) else {"protocol": report.protocol}
-        self.table([{"setting": k, "value": v} for k, v in protocol.items()], ["setting", "value"], "protocol")
+        from rsvl.metrics.report import protocol_summary
+
+        rows = [{"setting": k, "value": v} for k, v in protocol_summary(report.protocol).items()]
+        self.table(rows, ["setting", "value"], "protocol (eval.json / summary.json keep it whole)")
 
     def render(self) -> str:
         title = html.escape(self.title)

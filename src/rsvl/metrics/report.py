@@ -71,3 +71,22 @@ def reference(name: str, package: str | None = None) -> dict[str, Any]:
     """A ``protocol["reference"]`` entry: the implementation validated against, with its version
     as installed here (None when the package is absent)."""
     return {"implementation": name, "package": package, "version": _version(package) if package else None}
+
+
+def protocol_summary(protocol: Any, *, max_length: int = 100) -> dict[str, str]:
+    """A protocol block as short readable strings (long lists shortened, nested tables named).
+
+    For reports meant for people (model cards, HTML); ``eval.json`` keeps the full block.
+    """
+    if not isinstance(protocol, dict):
+        return {"protocol": str(protocol)}
+    out: dict[str, str] = {}
+    for key, value in protocol.items():
+        if isinstance(value, list) and len(value) > 4 and all(isinstance(v, (int, float)) for v in value):
+            text = f"{value[0]:g} .. {value[-1]:g} ({len(value)} values)"
+        elif isinstance(value, dict):
+            text = str(value.get("implementation") or ", ".join(map(str, value)))
+        else:
+            text = str(value)
+        out[str(key)] = text if len(text) <= max_length else text[: max_length - 3] + "..."
+    return out

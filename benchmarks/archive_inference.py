@@ -40,44 +40,24 @@ CLASSES = ["vehicle", "building"]
 
 def make_image(index: int, size: int, cache: Path) -> Path:
     """The cached ``index``-th S x S benchmark GeoTIFF, written block by block."""
-    import rasterio
-    from affine import Affine
-    from rasterio.windows import Window
-
-    from rsvl.utils.atomic import atomic_path
+    from benchmarks._geotiff import write_blocked_geotiff
 
     path = cache / f"archive_{size}_{index}_v{FORMAT_VERSION}.tif"
     if path.exists():
         return path
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": 3,
-        "dtype": "uint8",
-        "crs": "EPSG:32616",
-        "transform": Affine(0.3, 0, 500_000 + index * size * 0.3, 0, -0.3, 4_000_000),
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-        "zlevel": 1,
-        "photometric": "RGB",
-    }
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for row in range(0, size, BLOCK):
-            for col in range(0, size, BLOCK):
-                h, w = min(BLOCK, size - row), min(BLOCK, size - col)
-                rng = np.random.default_rng([index, row, col, FORMAT_VERSION])
-                ys, xs = np.mgrid[row : row + h, col : col + w].astype(np.float32) / size
-                base = (60 + 60 * xs + 40 * ys + rng.normal(0, 4, (h, w))).clip(0, 255).astype(np.uint8)
-                block = np.stack([base, base, base[::-1]])
-                for _ in range(12):
-                    bw, bh = rng.integers(8, 40, 2)
-                    x0, y0 = rng.integers(0, max(1, w - bw)), rng.integers(0, max(1, h - bh))
-                    block[:, y0 : y0 + bh, x0 : x0 + bw] = rng.integers(150, 256, (3, 1, 1))
-                dst.write(block, window=Window(col, row, w, h))
-    return path
+
+    def pixels(row: int, col: int, h: int, w: int) -> np.ndarray:
+        rng = np.random.default_rng([index, row, col, FORMAT_VERSION])
+        ys, xs = np.mgrid[row : row + h, col : col + w].astype(np.float32) / size
+        base = (60 + 60 * xs + 40 * ys + rng.normal(0, 4, (h, w))).clip(0, 255).astype(np.uint8)
+        block = np.stack([base, base, base[::-1]])
+        for _ in range(12):
+            bw, bh = rng.integers(8, 40, 2)
+            x0, y0 = rng.integers(0, max(1, w - bw)), rng.integers(0, max(1, h - bh))
+            block[:, y0 : y0 + bh, x0 : x0 + bw] = rng.integers(150, 256, (3, 1, 1))
+        return block
+
+    return write_blocked_geotiff(path, size, BLOCK, pixels, x0=500_000 + index * size * 0.3)
 
 
 def make_detector(cache: Path) -> Path:

@@ -50,36 +50,13 @@ def _block_pixels(size: int, row: int, col: int, height: int, width: int) -> np.
 
 def make_image(size: int, cache: Path) -> Path:
     """The cached S x S benchmark GeoTIFF, generated block by block when missing."""
-    import rasterio
-    from affine import Affine
-    from rasterio.windows import Window
-
-    from rsvl.utils.atomic import atomic_path
+    from benchmarks._geotiff import write_blocked_geotiff
 
     path = cache / f"sliced_{size}_v{FORMAT_VERSION}.tif"
     if path.exists():
         return path
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": 3,
-        "dtype": "uint8",
-        "crs": "EPSG:32616",
-        "transform": Affine(0.3, 0, 500_000, 0, -0.3, 4_000_000),
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-        "zlevel": 1,
-        "photometric": "RGB",
-    }
     start = time.perf_counter()
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for row in range(0, size, BLOCK):
-            for col in range(0, size, BLOCK):
-                h, w = min(BLOCK, size - row), min(BLOCK, size - col)
-                dst.write(_block_pixels(size, row, col, h, w), window=Window(col, row, w, h))
+    write_blocked_geotiff(path, size, BLOCK, lambda row, col, h, w: _block_pixels(size, row, col, h, w))
     mb = path.stat().st_size / 2**20
     print(f"generated {path} ({mb:.0f} MB on disk) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return path

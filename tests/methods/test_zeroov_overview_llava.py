@@ -1,0 +1,52 @@
+"""RSVG-ZeroOV's LLaVA Overview provider: token layout onto the image grid, and real runs on a tiny LLaVA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rsvl.errors import InputError
+
+pytest.importorskip("transformers")
+from rsvl.methods.zeroov.overview_llava import LlavaOverview
+from rsvl.models.llava import tiny_llava
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_llava(seed=0, tile_size=56)
+
+
+def test_map_covers_a_mosaic_of_tiles_and_is_a_distribution(bundle):
+    overview = LlavaOverview(bundle, [0, 1], [0.5, 0.5], tiles=2)
+    image = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    cross = overview.cross_attention(image, "the red roof")
+    g = bundle.grid_size
+    assert cross.grid == (2 * g, 2 * g) and (cross.map >= 0).all()
+    assert 0 < cross.map.sum() <= 1 + 1e-5  # attention over image tokens, a share of the whole row
+    assert "llava" in cross.source and cross.real_weights is False
+
+
+def test_each_token_lands_on_its_tile_and_patch(bundle, monkeypatch):
+    overview = LlavaOverview(bundle, [0], [1.0], tiles=2)
+    g = bundle.grid_size
+    hot = 1 * g * g + 2 * g + 3  # tile 1 (top right), patch row 2, column 3
+
+    def one_hot(seq, layer, query_index=None):
+        row = torch.zeros(4 * g * g)
+        row[hot] = 1.0
+        return row
+
+    monkeypatch.setattr(bundle, "text_to_image_attention", one_hot)
+    cross = overview.cross_attention(np.zeros((64, 64, 3), np.uint8), "x")
+    assert np.argwhere(cross.map == 1.0).tolist() == [[2, g + 3]]
+
+
+def test_bad_layers_and_expressions_are_refused(bundle):
+    with pytest.raises(InputError, match="do not exist"):
+        LlavaOverview(bundle, [99], [1.0])
+    with pytest.raises(InputError, match="empty"):
+        LlavaOverview(bundle, [0], [1.0]).cross_attention(np.zeros((8, 8, 3), np.uint8), "  ")

@@ -156,7 +156,7 @@ def tiles(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes its outputs.")] = Path("rsvl-demo"),
     vlm: Annotated[
-        bool, typer.Option("--vlm/--no-vlm", help="Include the MF-RSVLM captioning / VQA step (a minute on CPU).")
+        bool, typer.Option("--vlm/--no-vlm", help="MF-RSVLM miniature steps: captions, VQA, grounding (slow).")
     ] = True,
 ) -> None:
     """Run rsvl on the bundled real aerial images and GeoTIFFs with the zoo's models; write an HTML report."""

@@ -10,7 +10,10 @@ Steps:
   annotations by the evaluation harness, protocol recorded) and the SOAP PNG;
 * **captioning, VQA and scene classification** with the zoo's MF-RSVLM miniature (when its
   SmolLM2 language model is installed, else the step says what to install): words on the bundled
-  real images, and scores on ten fresh SynthRS scenes.
+  real images, and scores on ten fresh SynthRS scenes;
+* **referring grounding** (RSVG-ZeroOV, training-free) with no downloaded weights: the
+  expression's attention in the same miniature's LLaVA, the real EfficientNet-Lite0 for the
+  Focus stage (``configs/zeroov/cpu_zoo_llava.yaml``): mask, box and GeoJSON on the OSBS GeoTIFF.
 
 Everything lands in one folder with ``summary.json`` and ``report.html``, a single self-contained
 page (pictures embedded) that opens offline.
@@ -212,8 +215,11 @@ def _detection(out: Path, report: DemoReport, summary: dict, progress: bool) -> 
     report.rows.append((f"detection (zoo {entry.name})", counts))
 
 
-def _vision_language(out: Path, report: DemoReport, summary: dict, progress: bool) -> None:
-    """The zoo's MF-RSVLM miniature: captions and answers on real images, scores on fresh SynthRS scenes."""
+def _vision_language(out: Path, report: DemoReport, summary: dict, progress: bool) -> object | None:
+    """The zoo's MF-RSVLM miniature: captions and answers on real images, scores on fresh SynthRS scenes.
+
+    Returns the loaded model (the grounding step reuses its LLaVA), or None when it cannot load.
+    """
     from rsvl.errors import InputError
     from rsvl.zoo import get_model
 
@@ -232,7 +238,7 @@ def _vision_language(out: Path, report: DemoReport, summary: dict, progress: boo
         html.paragraph(reason, note=True)
         report.rows.append((f"VLM (zoo {entry.name})", reason))
         summary["vision_language"] = {"skipped": reason}
-        return
+        return None
     from rsvl.synth import generate_dataset
 
     html.paragraph(
@@ -268,12 +274,71 @@ def _vision_language(out: Path, report: DemoReport, summary: dict, progress: boo
         for k in ["CIDEr" if t == "caption" else "OA"]
     )
     report.rows.append((f"VLM (zoo {entry.name})", f"{len(rows)} real images captioned; SynthRS: {headline}"))
+    return model
+
+
+#: The grounding step's image and expressions (the OSBS scene is mostly tree crowns on bare ground).
+GROUNDING_IMAGE = "deepforest/OSBS_029.tif"
+GROUNDING_EXPRESSIONS = ("the bare sandy ground", "the largest tree crown")
+
+
+def grounding_config() -> object:
+    """The settings of ``configs/zeroov/cpu_zoo_llava.yaml`` (the package does not ship ``configs/``)."""
+    from rsvl.methods.zeroov.config import ZeroOVConfig
+
+    return ZeroOVConfig.model_validate(
+        {
+            "overview": {"provider": "llava", "layers": [16, 20, 24, 28], "layer_weights": [0.1, 0.2, 0.3, 0.4]},
+            "focus": {"provider": "lite0_affinity", "image_size": 512, "resolutions": [32, 64], "temperature": 0.1},
+            "fusion": {"mode": "weighted_sum"},
+            "evolve": {"top_k": 7, "tau": 0.3, "alpha": 0.4},
+        }
+    )
+
+
+def _grounding(out: Path, report: DemoReport, summary: dict, model: object) -> None:
+    """RSVG-ZeroOV on the OSBS GeoTIFF: the zoo LLaVA's attention + Lite0 affinities -> mask, box, GeoJSON."""
+    from rsvl.methods.zeroov.infer import ground_file
+    from rsvl.methods.zeroov.overview_llava import LlavaOverview
+    from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
+
+    cfg = grounding_config()
+    overview = LlavaOverview(model.bundle, cfg.overview.layers, cfg.overview.layer_weights, cfg.overview.tiles)  # type: ignore[attr-defined]
+    grounder = ZeroOVGrounder(cfg, overview=overview)
+    html = report.html
+    html.heading("Referring grounding: RSVG-ZeroOV, training-free")
+    html.paragraph(
+        "The expression's attention over the image in the zoo MF-RSVLM miniature's LLaVA (Overview), "
+        "sharpened by the self-similarity of the real EfficientNet-Lite0 features (Focus), grown into a mask "
+        "(configs/zeroov/cpu_zoo_llava.yaml). The miniature was never trained to ground, so its maps are weak: "
+        "the step shows the pipeline on CPU; rsvl ground --vlm-path with a real Qwen2.5-VL or LLaVA gives real maps."
+    )
+    image = sample_path(GROUNDING_IMAGE)
+    rows = []
+    folder = out / "grounding"
+    for i, expression in enumerate(GROUNDING_EXPRESSIONS):
+        record = ground_file(grounder, image, expression, folder, name=f"{image.stem}.{i}")
+        outputs = record["outputs"]
+        html.image(Path(outputs["overlay"]), f'{image.name}: "{expression}" (fused map, mask, box, seed points)')
+        rows.append(
+            {
+                "expression": expression,
+                "box xyxy": ", ".join(f"{v:.0f}" for v in record["box_xyxy"]),
+                "score": round(float(record["score"]), 3),
+                "fallback": record["fallback"] or "",
+                "outputs": ", ".join(Path(p).name for k, p in outputs.items() if k in ("mask", "geojson")),
+            }
+        )
+    html.table(rows, caption=f"grounded on {image.name}")
+    summary["grounding"] = {"image": image.name, "providers": grounder.describe(), "results": rows}
+    report.rows.append(("grounding (RSVG-ZeroOV)", f"{len(rows)} expressions on {image.name} -> {folder.name}/"))
 
 
 def run_demo(out_dir: str | Path = "rsvl-demo", progress: bool = True, vision_language: bool = True) -> DemoReport:
     """Run every demo step, write outputs, ``summary.json`` and ``report.html`` into ``out_dir``.
 
-    ``vision_language=False`` leaves out the MF-RSVLM step (the slowest: a language model on CPU).
+    ``vision_language=False`` leaves out the steps that run the MF-RSVLM miniature (captioning, VQA,
+    classification and grounding: the slowest, a language model on CPU).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +348,9 @@ def run_demo(out_dir: str | Path = "rsvl-demo", progress: bool = True, vision_la
     _trees(out, report, summary)
     _detection(out, report, summary, progress)
     if vision_language:
-        _vision_language(out, report, summary, progress)
+        model = _vision_language(out, report, summary, progress)
+        if model is not None:
+            _grounding(out, report, summary, model)
     report.summary_path = write_json(out / "summary.json", summary)
     report.html_path = report.html.write(out / "report.html")
     return report

@@ -1,4 +1,4 @@
-"""The whole `rsvl demo` with the MF-RSVLM step (slow: a language model on CPU)."""
+"""The whole `rsvl demo` with the MF-RSVLM and grounding steps (slow: a language model on CPU)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rsvl.cli import app
+from rsvl.demo import GROUNDING_EXPRESSIONS, grounding_config
 
 runner = CliRunner()
 
@@ -25,3 +26,22 @@ def test_full_demo_captions_real_images_and_scores_synthrs(tmp_path):
     assert 0 <= summary["synthrs"]["vqa"]["OA"] <= 1
     page = (tmp_path / "report.html").read_text()
     assert "mfrsvlm-synth-mini" in page and "CIDEr" in page
+    grounding = json.loads((tmp_path / "summary.json").read_text())["grounding"]
+    assert grounding["providers"]["overview"]["name"] == "llava"
+    assert [row["expression"] for row in grounding["results"]] == list(GROUNDING_EXPRESSIONS)
+    for i in range(len(GROUNDING_EXPRESSIONS)):
+        record = json.loads((tmp_path / "grounding" / f"OSBS_029.{i}.json").read_text())
+        assert record["crs"] and len(record["box_map"]) == 4  # the GeoTIFF's CRS carried through
+        features = json.loads((tmp_path / "grounding" / f"OSBS_029.{i}.geojson").read_text())["features"]
+        assert features and (tmp_path / "grounding" / f"OSBS_029.{i}.overlay.png").is_file()
+    assert "RSVG-ZeroOV" in page
+
+
+def test_demo_grounding_settings_are_the_committed_config():
+    from pathlib import Path
+
+    from rsvl.methods.zeroov.config import ZeroOVConfig
+    from rsvl.utils.config import load_config
+
+    committed = Path(__file__).parents[2] / "configs" / "zeroov" / "cpu_zoo_llava.yaml"
+    assert grounding_config() == load_config(ZeroOVConfig, committed, [])

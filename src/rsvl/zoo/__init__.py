@@ -12,6 +12,9 @@ from there on loading.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -19,6 +22,8 @@ from pathlib import Path
 from rsvl.errors import InputError
 
 __all__ = ["ZOO", "ZooModel", "card_path", "get_model", "is_zoo_name", "load_mfrsvlm", "weights_path"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,8 @@ def load_mfrsvlm(name: str = "mfrsvlm-synth-mini") -> object:
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
     section = json.loads(meta["zoo_model"])
-    model = build_model(ModelSection(gguf=gguf, **section), seed=int(meta["zoo_seed"]))
+    with _builder_warnings_silenced():  # "RANDOM projector/tower": the trained ones are loaded below
+        model = build_model(ModelSection(gguf=gguf, **section), seed=int(meta["zoo_seed"]))
     expected = float(meta["zoo_vision_sum"])
     if abs(vision_tower_sum(model) - expected) > 1e-6 * max(1.0, abs(expected)):
         raise InputError(
@@ -145,4 +151,22 @@ def load_mfrsvlm(name: str = "mfrsvlm-synth-mini") -> object:
             path,
         )
     model.load_trainable(path)
+    logger.info("zoo %s: trained projector and fusion weights from %s", name, path)
     return model.eval()
+
+
+@contextlib.contextmanager
+def _builder_warnings_silenced() -> Iterator[None]:
+    """Mute the LLaVA builder's warnings about random parts while a zoo model is rebuilt.
+
+    The builder rightly warns that a fresh projector (and a seeded vision tower) carry no training;
+    a zoo model overwrites them with the trained weights (and checks the tower's checksum) right
+    after, so those warnings would mislead.
+    """
+    builder = logging.getLogger("rsvl.models.llava")
+    level = builder.level
+    builder.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        builder.setLevel(level)

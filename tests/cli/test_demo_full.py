@@ -1,4 +1,4 @@
-"""The whole `rsvl demo` with the MF-RSVLM and grounding steps (slow: a language model on CPU)."""
+"""The whole `rsvl demo` with the steps on the MF-RSVLM LLaVA: captions, VQA, large-image VQA, grounding (slow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rsvl.cli import app
-from rsvl.demo import GROUNDING_EXPRESSIONS, grounding_config
+from rsvl.demo import GROUNDING_EXPRESSIONS
 
 runner = CliRunner()
 
@@ -35,13 +35,17 @@ def test_full_demo_captions_real_images_and_scores_synthrs(tmp_path):
         features = json.loads((tmp_path / "grounding" / f"OSBS_029.{i}.geojson").read_text())["features"]
         assert features and (tmp_path / "grounding" / f"OSBS_029.{i}.overlay.png").is_file()
     assert "RSVG-ZeroOV" in page
+    large = json.loads((tmp_path / "summary.json").read_text())["large_image_vqa"]
+    assert 0 < large["vision tokens into the LLM"] < large["full-resolution tiling"]
+    assert (tmp_path / "lrsvqa" / "sample_geotiff.tiles.png").is_file() and "lrsvqa-rfm-mini" in page
 
 
 def test_demo_grounding_settings_are_the_committed_config():
     from pathlib import Path
 
     from rsvl.methods.zeroov.config import ZeroOVConfig
+    from rsvl.methods.zeroov.overview_llava import zoo_grounding_config
     from rsvl.utils.config import load_config
 
     committed = Path(__file__).parents[2] / "configs" / "zeroov" / "cpu_zoo_llava.yaml"
-    assert grounding_config() == load_config(ZeroOVConfig, committed, [])
+    assert zoo_grounding_config() == load_config(ZeroOVConfig, committed, [])

@@ -26,11 +26,17 @@ def picture(tmp_path):
     return path
 
 
-def test_ground_one_image_writes_mask_box_overlay(tmp_path, picture):
+def test_ground_one_image_writes_mask_box_overlay(tmp_path, picture, monkeypatch):
+    import rsvl.cli as cli
+
+    shown = []
+    real_status = cli.err_console.status
+    monkeypatch.setattr(cli.err_console, "status", lambda message, **kw: shown.append(message) or real_status(message))
     out = tmp_path / "out"
     result = runner.invoke(app, ["ground", str(picture), "the bright square", "-o", str(out), *TINY])
     assert result.exit_code == 0, result.output
     assert "box xyxy" in result.output
+    assert shown == ["grounding 'the bright square' in scene.png"]  # a spinner while the models run
     record = json.loads((out / "scene.json").read_text())
     assert record["expression"] == "the bright square"
     x0, y0, x1, y1 = record["box_xyxy"]

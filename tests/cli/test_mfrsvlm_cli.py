@@ -46,6 +46,7 @@ def test_train_writes_trained_parts_and_scores_then_caption_and_classify_use_the
     assert (out / "trainable.safetensors").exists() and (out / "last.pt").exists()
     report = json.loads((out / "eval.json").read_text())
     assert set(report) == {"caption", "vqa", "classification"}
+    assert "evaluation:" in result.output and "eval.json" in result.output.replace("\n", "")  # where it went
     image = next((root / "classification").rglob("*.png"), None) or next((root / "classification").rglob("*.jp*g"))
     weights = str(out / "trainable.safetensors")
     said = runner.invoke(app, ["caption", str(image), "-c", str(path), "--weights", weights, "--max-new-tokens", "4"])

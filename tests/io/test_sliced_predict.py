@@ -161,3 +161,45 @@ def test_iter_tiles_streams_display_tiles_with_one_stretch(make_tif):
             np.testing.assert_array_equal(t.image, image)
             np.testing.assert_array_equal(t.valid, valid)
         assert not tiles[-1].valid[:, -10:].any()  # padding beyond the right edge is masked
+
+
+def test_state_file_resumes_an_interrupted_run_inside_the_image(make_tif, tmp_path):
+    """Killed after 5 predicted tiles, the rerun predicts only the rest and merges the same result."""
+    data = _scene()
+    data[:, :, 255:] = 0  # an all-nodata strip: tiles skipped as empty are recorded too
+    path = make_tif("nd.tif", data, nodata=0)
+    spec, merge = TileSpec(100, 45, "shift"), MergeConfig("nmm", 0.5, "ios")
+    assert _empty_tiles(path, spec) > 0
+    reference = sliced_predict(path, bright_box, spec, merge, progress=False)
+    calls = []
+
+    def dies_after_five(image):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return bright_box(image)
+
+    state = tmp_path / "state" / "nd.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        sliced_predict(path, dies_after_five, spec, merge, progress=False, state=state)
+    recorded = state.read_text().splitlines()
+    assert len(recorded) >= 5  # the 5 predicted tiles (and any empty ones met before the 6th)
+    calls.clear()
+    counted = []
+    resumed = sliced_predict(
+        path, lambda im: counted.append(1) or bright_box(im), spec, merge, progress=False, state=state
+    )
+    predicted_first = len(recorded) - sum('"empty": true' in line for line in recorded)
+    total_predicted = predicted_first + len(counted)
+    assert predicted_first == 5 and total_predicted == count_windows(360, 300, spec) - _empty_tiles(path, spec)
+    np.testing.assert_array_equal(resumed.boxes, reference.boxes)
+    np.testing.assert_array_equal(resumed.scores, reference.scores)
+    np.testing.assert_array_equal(resumed.labels, reference.labels)
+    counted.clear()  # a finished state file: nothing is read or predicted again
+    again = sliced_predict(path, lambda im: counted.append(1), spec, merge, progress=False, state=state)
+    assert counted == [] and np.array_equal(again.boxes, reference.boxes)
+
+
+def _empty_tiles(path, spec) -> int:
+    with RasterSource(path) as src:
+        return sum(not src.read_display(w)[1].any() for w in iter_windows(src.width, src.height, spec))

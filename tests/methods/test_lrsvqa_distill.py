@@ -62,6 +62,29 @@ def test_resume_refuses_other_teacher_layers_and_bad_arguments(lrs_root, tmp_pat
         distill_on_dataset(engine(), lrs_root, tmp_path / "x", steps=0, progress=False)
 
 
+def test_attention_only_distillation_resumes_and_keeps_the_rest_of_the_llm(lrs_root, tmp_path):
+    def attention_engine(trainable="attention"):
+        cfg = LRSVQAConfig.model_validate({"rfm": {"teacher_layers": [3], "trainable": trainable}})
+        return LargeImageVQA(cfg, bundle=tiny_llava(tile_size=56))
+
+    straight = distill_on_dataset(attention_engine(), lrs_root, tmp_path / "a", steps=4, lr=1e-2,
+                                  checkpoint_every=2, progress=False)  # fmt: skip
+    distill_on_dataset(attention_engine(), lrs_root, tmp_path / "b", steps=2, lr=1e-2, checkpoint_every=2,
+                       progress=False)  # fmt: skip
+    distill_on_dataset(attention_engine(), lrs_root, tmp_path / "b", steps=4, lr=1e-2, checkpoint_every=2,
+                       progress=False)  # fmt: skip
+    a, b = load_file(tmp_path / "a" / "rfm.safetensors"), load_file(tmp_path / "b" / "rfm.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert a and all(".self_attn." in k for k in a)  # the file holds the attention only
+    assert straight["trainable"] == "attention" and straight["trained_values"] == sum(v.numel() for v in a.values())
+    from rsvl.methods.lrsvqa.rfm import RegionFocusModule
+
+    first = RegionFocusModule(attention_engine().bundle.model, [3], "attention").state_dict()
+    assert all(not torch.equal(first[k], a[k]) for k in a if k.endswith("q_proj.weight"))  # attention learned
+    with pytest.raises(InputError, match="trainable"):
+        distill_on_dataset(attention_engine("all"), lrs_root, tmp_path / "b", steps=6, progress=False)
+
+
 def test_cli_distils_and_the_weights_drive_rsvl_vqa(lrs_root, tmp_path):
     runner = CliRunner()
     out = tmp_path / "rfm"

@@ -123,3 +123,44 @@ def test_bad_layer_plans_and_queries(llm):
         attention_rows(list(text.layers), text.rotary_emb, sequence(0), AttentionQuery(10, slice(4, 24)), [0])
     with pytest.raises(InputError, match="do not exist"):
         attention_rows(list(text.layers), text.rotary_emb, sequence(0), KEYS, [7])
+
+
+def test_attention_only_rfm_trains_and_ships_its_attention_alone(llm, tmp_path):
+    rfm = RegionFocusModule(llm, [3], trainable="attention")
+    names = set(rfm.trainable_parameters())
+    assert names and all(".self_attn." in n for n in names)
+    assert not any(".mlp." in n or "layernorm" in n for n in names)
+    opt = torch.optim.AdamW(rfm.trainable_parameters().values(), lr=1e-2)
+    mlp_before = rfm.layers[1].mlp.up_proj.weight.clone()
+    q_before = rfm.layers[1].self_attn.q_proj.weight.clone()
+    for p in rfm.parameters():
+        p.requires_grad_(False)
+    for p in rfm.trainable_parameters().values():
+        p.requires_grad_(True)
+    for seed in range(3):
+        distill_step(rfm, llm, opt, sequence(seed), KEYS)
+    assert torch.equal(rfm.layers[1].mlp.up_proj.weight, mlp_before)  # frozen: still the LLM's layer 3
+    assert not torch.equal(rfm.layers[1].self_attn.q_proj.weight, q_before)
+
+    path = save_rfm(rfm, tmp_path / "rfm.safetensors", dtype=torch.float16, metadata={"note": "x"})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        assert set(fh.keys()) == names and fh.metadata()["note"] == "x"
+        assert all(fh.get_tensor(k).dtype == torch.float16 for k in fh.keys())  # noqa: SIM118
+    again = load_rfm(llm, path)
+    assert again.trainable == "attention"
+    assert torch.equal(again.layers[1].mlp.up_proj.weight, mlp_before)  # restored from the LLM
+    x = sequence(7)
+    assert torch.allclose(again.relevance(x, KEYS), rfm.relevance(x, KEYS), atol=1e-3)  # float16 file
+
+    full = save_rfm(RegionFocusModule(llm, [3]), tmp_path / "full.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(full))
+    save_file(state, str(tmp_path / "mixed.safetensors"), metadata={"format": "rsvl-rfm", "teacher_layers": "[3]",
+                                                                    "trainable": "attention"})  # fmt: skip
+    with pytest.raises(InputError, match="unexpected"):
+        load_rfm(llm, tmp_path / "mixed.safetensors")
+    with pytest.raises(InputError, match="trainable"):
+        RegionFocusModule(llm, [3], trainable="mlp")

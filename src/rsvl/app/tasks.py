@@ -99,16 +99,21 @@ def _mfrsvlm_available() -> bool:
 
 
 def mfrsvlm_tasks(name: str = "mfrsvlm-synth-mini") -> list[Task]:
-    """Captioning and VQA with the zoo's MF-RSVLM miniature (loaded once, on first use)."""
+    """Tasks on the zoo's MF-RSVLM miniature's LLaVA (loaded once, on first use): captioning, VQA,
+    large-image VQA (LRS-VQA, with ``lrsvqa-rfm-mini``) and referring grounding (RSVG-ZeroOV)."""
     state: dict[str, Any] = {}
 
-    def answer(image: Path, prompt: str, max_new_tokens: int) -> str:
-        from rsvl.methods.mfrsvlm.data import model_image_size, read_image
+    def loaded() -> Any:
         from rsvl.zoo import load_mfrsvlm
 
         if "model" not in state:
             state["model"] = load_mfrsvlm(name)
-        model = state["model"]
+        return state["model"]
+
+    def answer(image: Path, prompt: str, max_new_tokens: int) -> str:
+        from rsvl.methods.mfrsvlm.data import model_image_size, read_image
+
+        model = loaded()
         pixels = read_image(image, model_image_size(model))[None]
         return model.generate(pixels, [prompt], max_new_tokens=max_new_tokens)[0]
 
@@ -127,10 +132,63 @@ def mfrsvlm_tasks(name: str = "mfrsvlm-synth-mini") -> list[Task]:
         said = answer(image, vqa_prompt(text.strip()), 24)
         return TaskResult(said, None, [{"question": text.strip(), "answer": said}])
 
+    def large_vqa(image: Path, text: str | None, out_dir: Path) -> TaskResult:
+        from rsvl.errors import InputError
+        from rsvl.methods.lrsvqa.infer import answer_file
+        from rsvl.methods.lrsvqa.pipeline import LargeImageVQA
+        from rsvl.zoo import lrsvqa_config
+
+        if not text or not text.strip():
+            raise InputError("ask a question about the image")
+        if "lrsvqa" not in state:
+            state["lrsvqa"] = LargeImageVQA(lrsvqa_config(), bundle=loaded().bundle)
+        record = answer_file(state["lrsvqa"], image, text.strip(), out_dir, progress=False)
+        tiles = record["outputs"].get("tiles")
+        row = {
+            "question": text.strip(),
+            "answer": record["answer"],
+            "vision tokens": record["vision_tokens"],
+            "full-resolution tokens": record["full_resolution_tokens"],
+            "tiles encoded": record["tiles_encoded"],
+        }
+        files = [Path(p) for p in record["outputs"].values()]
+        return TaskResult(record["answer"], Path(tiles) if tiles else None, [row], files)
+
+    def ground(image: Path, text: str | None, out_dir: Path) -> TaskResult:
+        from rsvl.errors import InputError
+        from rsvl.methods.zeroov.infer import ground_file
+        from rsvl.methods.zeroov.overview_llava import LlavaOverview, zoo_grounding_config
+        from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
+
+        if not text or not text.strip():
+            raise InputError("give a referring expression, e.g. 'the largest tree crown'")
+        if "grounder" not in state:
+            cfg = zoo_grounding_config()
+            ov = cfg.overview
+            overview = LlavaOverview(loaded().bundle, ov.layers, ov.layer_weights, ov.tiles)
+            state["grounder"] = ZeroOVGrounder(cfg, overview=overview)
+        record = ground_file(state["grounder"], image, text.strip(), out_dir)
+        box = ", ".join(f"{v:.0f}" for v in record["box_xyxy"])
+        row = {"expression": text.strip(), "box xyxy": box, "score": round(float(record["score"]), 3)}
+        files = [Path(p) for p in record["outputs"].values()]
+        return TaskResult(f"box [{box}]", Path(record["outputs"]["overlay"]), [row], files)
+
     title = f"(MF-RSVLM, zoo model {name}: a CPU miniature)"
     return [
         Task("caption", f"Captioning {title}", "Instruction (optional)", caption),
         Task("vqa", f"Visual question answering {title}", "Question", vqa),
+        Task(
+            "vqa-large",
+            "VQA on a large image or GeoTIFF (LRS-VQA pyramid, zoo model lrsvqa-rfm-mini: a CPU miniature)",
+            "Question",
+            large_vqa,
+        ),
+        Task(
+            "ground",
+            "Referring grounding (RSVG-ZeroOV, training-free: the zoo LLaVA's attention + Lite0)",
+            "Referring expression",
+            ground,
+        ),
     ]
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -23,6 +24,8 @@ from rsvl.datasets.base import get_format
 from rsvl.datasets.images import with_image_sizes
 from rsvl.datasets.sample import Instance, Sample
 from rsvl.errors import InputError
+from rsvl.utils.atomic import atomic_path
+from rsvl.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +80,21 @@ def _unique_stem(sample: Sample, used: dict[str, Path]) -> str:
 
 
 def _place_image(src: Path, dst: Path) -> bool:
-    """Hard-link (or copy) ``src`` to ``dst``; False when ``dst`` already exists (a resumed run)."""
-    if dst.exists():
+    """Hard-link (or copy) ``src`` to ``dst``; False when ``dst`` already holds it (a resumed run).
+
+    A file of another size at ``dst`` (another dataset's image) is replaced. The copy goes through a
+    temporary file renamed into place, so an interrupted copy never leaves a truncated image that a
+    rerun would take for a finished one.
+    """
+    if dst.exists() and (os.path.samefile(src, dst) or dst.stat().st_size == src.stat().st_size):
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
     try:
-        os.link(src, dst)
+        os.link(src, dst)  # atomic: the link is made whole or not at all
     except OSError:
-        shutil.copy2(src, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copy2(src, tmp)
     return True
 
 
@@ -105,14 +115,13 @@ def convert_dataset(
     summary = ConvertSummary(out=str(dst))
     dropped = {"captions": 0, "questions": 0, "expressions": 0, "masks": 0, "scene labels": 0}
     converted: list[Sample] = []
-    samples = iter(dataset)
-    if progress:
-        from rich.progress import track
-
-        samples = iter(track(samples, description=f"{reader.name} -> {writer.name}", transient=True))
     used: dict[str, Path] = {}
     copies: list[tuple[Path, Path]] = []
-    for sample in with_image_sizes(samples):
+    label = f"[bold]{reader.name} -> {writer.name}[/]"
+    with progress_bar(progress, label=label) as bar:
+        task = bar.add_task("samples read", total=None)
+        samples = with_image_sizes(_advancing(dataset, lambda: bar.advance(task)))
+    for sample in samples:
         image_src = sample.image_path
         stem, suffix = _unique_stem(sample, used), Path(sample.image).suffix or ".png"
         new_rel = writer.image_relpath(stem, suffix, sample.label)
@@ -133,14 +142,26 @@ def convert_dataset(
     dropped["dataset metadata fields"] = 0 if same_family else len(dataset.meta)
     placed: list[Path] = []
     try:
-        for source, target in copies:
-            if _place_image(source, target):
-                placed.append(target)
+        with progress_bar(progress, label=label) as bar:
+            task = bar.add_task("images placed", total=len(copies))
+            for source, target in copies:
+                if _place_image(source, target):
+                    placed.append(target)
+                bar.advance(task)
         writer.write(dst, converted, categories=dataset.categories or None, meta=dataset.meta if same_family else None)
-    except BaseException:
-        for target in placed:  # leave no half-converted dataset behind
+    except Exception:
+        # a refused conversion leaves no half-converted dataset behind; after Ctrl-C the images
+        # placed so far stay (each one whole), and the rerun skips them
+        for target in placed:
             target.unlink(missing_ok=True)
         raise
     summary.images_copied = len(copies)
     summary.dropped = dropped
     return summary
+
+
+def _advancing(samples: Iterable[Sample], advance: Callable[[], None]) -> Iterator[Sample]:
+    """``samples``, calling ``advance()`` after each (a progress bar over a lazy reader)."""
+    for sample in samples:
+        yield sample
+        advance()

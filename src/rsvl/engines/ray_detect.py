@@ -22,6 +22,11 @@
    moment its last tile is in. Tile ids are issued image by image, so only the images in flight
    are held.
 
+Resume: each image written without a failed tile is recorded in ``predictions.jsonl``
+(:mod:`rsvl.io.detect_run`; ``run.json`` holds the model and tiling); a rerun after an interruption
+plans only the images not recorded there (or whose output files are gone). An image in progress
+is predicted again from its first tile.
+
 Failures: a tile whose read or predict raises is retried ``retries`` times inside its worker,
 then reported (``ArchiveResult.failed`` and ``failed_tiles.json``) while its image is still
 written from the other tiles. A crashed worker process is restarted by Ray and its batch re-run
@@ -31,6 +36,7 @@ written from the other tiles. A crashed worker process is restarted by Ray and i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -50,6 +56,7 @@ from rsvl.engines.tile_jobs import (
     ArchiveAssembler,
     ArchivePlan,
     FailedTile,
+    ImageJob,
     SourceCache,
     batch_to_results,
     check_formats,
@@ -58,6 +65,7 @@ from rsvl.engines.tile_jobs import (
     results_to_batch,
 )
 from rsvl.errors import InputError
+from rsvl.io.detections import Detections
 
 __all__ = ["ArchiveResult", "TileWorker", "detect_archive"]
 
@@ -84,6 +92,7 @@ class ArchiveResult:
     worker: ``worker_peak_rss_mb`` (peak resident set size), ``worker_tiles`` and ``worker_busy_s``
     (seconds spent reading and predicting tiles, model loading excluded). ``assemble_seconds`` is
     the driver's time merging and writing images (it must stay below ``seconds`` to keep up).
+    ``images_resumed``: images an earlier run finished (in ``written``, not predicted again).
     """
 
     written: dict[Path, list[Path]]
@@ -100,6 +109,7 @@ class ArchiveResult:
     worker_tiles: dict[int, int] = field(default_factory=dict)
     worker_busy_s: dict[int, float] = field(default_factory=dict)
     assemble_seconds: float = 0.0
+    images_resumed: int = 0
 
     @property
     def tiles_failed(self) -> int:
@@ -214,6 +224,7 @@ def detect_archive(
     retries: int = 2,
     address: str | None = None,
     progress: bool = True,
+    resume: bool = True,
 ) -> ArchiveResult:
     """Detect objects in many (large) images with a pool of Ray workers; one output set per image.
 
@@ -232,6 +243,8 @@ def detect_archive(
             local one (or reuses one this process already started) and stops what it started.
             Workers on other nodes must see the same image and output paths.
         progress: a tile progress bar on stderr.
+        resume: skip the images an earlier run in ``out`` finished (``predictions.jsonl``); False
+            predicts every image again.
 
     Raises:
         InputError: Ray missing, ``workers < 1``, ``retries < 0``, a bad format, tile or model
@@ -244,11 +257,35 @@ def detect_archive(
     check_formats(formats)
     ray = _import_ray()
     start = time.perf_counter()
-    plan = plan_archive(images, tile, overlap)
-    merge, class_names = spec.describe()
-    from rsvl.io.inputs import output_folder
+    from rsvl.io.detect_run import DetectRun
+    from rsvl.io.inputs import image_files, output_folder
 
-    assembler = ArchiveAssembler(plan, merge, class_names, output_folder(out), formats)
+    if not images:
+        raise InputError("no input images")
+    files = image_files(images)
+    out_dir = output_folder(out)
+    state = DetectRun(out_dir, _run_fingerprint(spec, tile, overlap), resume)
+    earlier: dict[Path, list[Path]] = {}
+    for f in files:
+        paths = [out_dir / f"{f.stem}.{fmt}" for fmt in dict.fromkeys(formats)]
+        if state.finished(f) is not None and all(p.exists() for p in paths):
+            earlier[f] = paths
+    todo = [f for f in files if f not in earlier]
+    if earlier:
+        logger.info("%d of %d images done by an earlier run in %s", len(earlier), len(files), out_dir)
+    if not todo:
+        return ArchiveResult(
+            earlier, 0, 0, 0, 0, [], _write_no_failures(out_dir), 0.0, time.perf_counter() - start, workers,
+            images_resumed=len(earlier),
+        )  # fmt: skip
+    plan = plan_archive(todo, tile, overlap)
+    merge, class_names = spec.describe()
+
+    def record(job: ImageJob, dets: Detections) -> None:
+        if not any(f.image == job.path for f in assembler.failed):  # an image with failed tiles is redone
+            state.add(Path(job.path), dets, job.width, job.height)
+
+    assembler = ArchiveAssembler(plan, merge, class_names, out_dir, formats, on_image=record)
     total = plan.total_tiles
     batch_rows = max(1, min(MAX_BATCH_ROWS, total // (4 * workers)))
     peak_rss: dict[int, float] = {}
@@ -274,7 +311,7 @@ def detect_archive(
         )
         from rsvl.utils.progress import progress_bar
 
-        with progress_bar(progress) as bar:
+        with state, progress_bar(progress) as bar:
             task = bar.add_task(f"tiles of {len(plan.images)} images on {workers} workers", total=total)
             for batch in results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 stats = zip(batch["pid"].tolist(), batch["peak_rss_mb"].tolist(), batch["busy_s"].tolist(), strict=True)
@@ -295,7 +332,7 @@ def detect_archive(
     if assembler.failed:
         logger.warning("%d tiles failed after %d retries; see %s", len(assembler.failed), retries, failures)
     return ArchiveResult(
-        written=assembler.written,
+        written={**earlier, **assembler.written},
         tiles_total=total,
         tiles_done=assembler.tiles_ok + assembler.tiles_empty,
         tiles_empty=assembler.tiles_empty,
@@ -309,4 +346,38 @@ def detect_archive(
         worker_tiles=tiles_by,
         worker_busy_s=busy_by,
         assemble_seconds=driver_s,
+        images_resumed=len(earlier),
     )
+
+
+def _run_fingerprint(spec: PredictorSpec, tile: int, overlap: int) -> dict[str, Any]:
+    """What decides every prediction of an archive run (``run.json``): the model and the tiling."""
+    from rsvl.io.detect_run import file_fingerprint
+
+    if spec.factory is not None:
+        model: dict[str, Any] = {"factory": _describe_callable(spec.factory)}
+    else:
+        assert spec.model_path is not None
+        model = file_fingerprint(spec.model_path)
+    return {
+        "engine": "ray",
+        "method": spec.method if spec.factory is None else None,
+        "model": model,
+        "score_threshold": spec.score_threshold,
+        "tile": tile,
+        "overlap": overlap,
+    }
+
+
+def _describe_callable(fn: Any) -> str:
+    """``module.name`` of a predictor factory, with the arguments a ``functools.partial`` binds."""
+    if isinstance(fn, functools.partial):
+        bound = [*map(repr, fn.args), *(f"{k}={v!r}" for k, v in fn.keywords.items())]
+        return f"{_describe_callable(fn.func)}({', '.join(bound)})"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def _write_no_failures(out: Path) -> Path:
+    from rsvl.utils.atomic import write_json
+
+    return write_json(out / "failed_tiles.json", {"failed_tiles": []})

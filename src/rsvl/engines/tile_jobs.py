@@ -437,7 +437,8 @@ class ArchiveAssembler:
     """Collect tile results in any order; write each image the moment its last tile arrives.
 
     Only images with tiles still outstanding are held in memory (their tile detections, not
-    pixels). :meth:`add` returns the image's written paths when it completes the image.
+    pixels). :meth:`add` returns the image's written paths when it completes the image, after
+    calling ``on_image(job, detections)`` (e.g. to record the image as done for a resumed run).
     """
 
     def __init__(
@@ -447,8 +448,10 @@ class ArchiveAssembler:
         class_names: Sequence[str] | None,
         out_dir: str | os.PathLike[str],
         formats: Sequence[str] = ("geojson",),
+        on_image: Callable[[ImageJob, Detections], None] | None = None,
     ) -> None:
         check_formats(formats)
+        self.on_image = on_image
         self.plan = plan
         self.merge = merge
         self.class_names = list(class_names) if class_names is not None else None
@@ -510,6 +513,8 @@ class ArchiveAssembler:
         if "parquet" in self.formats:
             paths.append(write_geoparquet(self.out / f"{job.stem}.parquet", named, job.georef))
         self.written[Path(job.path)] = paths
+        if self.on_image is not None:
+            self.on_image(job, dets)
         return paths
 
     def write_failures(self) -> Path:

@@ -101,6 +101,26 @@ class Detections:
             names,
         )
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Detections:
+        """The detections :meth:`to_record` wrote (resumable runs read them back exactly)."""
+        kind: BoxKind = record["kind"]
+        boxes = np.asarray(record["boxes"], dtype=np.float64).reshape(-1, _WIDTH[kind])
+        names = record.get("names")
+        return cls(boxes, np.asarray(record["scores"]), np.asarray(record["labels"], np.int64), names)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict of plain lists; JSON writes floats with ``repr``, so they round-trip exactly."""
+        record: dict[str, Any] = {
+            "kind": self.kind,
+            "boxes": self.boxes.tolist(),
+            "scores": self.scores.tolist(),
+            "labels": self.labels.tolist(),
+        }
+        if self.names is not None:
+            record["names"] = list(self.names)
+        return record
+
     # ------------------------------------------------------------------ views
     @property
     def kind(self) -> BoxKind:

@@ -2,11 +2,15 @@
 
 Used by ``rsvl tiles``. Tiles are read window by window, so the image is never loaded whole;
 every file, the index included, is written atomically, so an interrupted run leaves only
-complete tiles, and a rerun skips the tiles whose files already exist (resume).
+complete tiles, and a rerun skips the tiles whose files already exist (resume). ``run.json``
+records, per image stem, the image and settings its tiles were cut with: a rerun into the same
+folder with another tiling, format or display (whose tiles would share the old names) is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -61,6 +65,7 @@ def export_tiles(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(path).stem
+    _check_settings(out, stem, _settings(path, spec, fmt, display))
     written = skipped = 0
     entries = []
     with RasterSource(path) as src:
@@ -104,6 +109,39 @@ def export_tiles(
     index_path = write_json(out / "index.json", index)
     logger.info("%s: %d tiles written, %d already present", path, written, skipped)
     return TileExport(out, index_path, written, skipped, total)
+
+
+RUN_FILE = "run.json"
+
+
+def _settings(path: str | os.PathLike[str], spec: TileSpec, fmt: str, display: DisplayConfig | None) -> dict:
+    """What decides the content of a tile file: the image, the tiling, the format and the display."""
+    shown = dataclasses.asdict(display) if display is not None and fmt == "png" else None
+    tile = {"size": list(spec.tile_size), "overlap": list(spec.overlap_px), "edge": spec.edge}
+    return {"image": str(Path(path).resolve()), "tile": tile, "format": fmt, "display": shown}
+
+
+def _check_settings(out: Path, stem: str, settings: dict) -> None:
+    """Refuse to resume tiles of ``stem`` cut with other settings (same names, other content); record these."""
+    path = out / RUN_FILE
+    runs: dict = {}
+    if path.exists():
+        try:
+            runs = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError("not a JSON record of tile settings; use another output folder", path) from None
+        if not isinstance(runs, dict):
+            raise InputError("not a JSON record of tile settings; use another output folder", path)
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as they read back
+    earlier = runs.get(stem)
+    if earlier is not None and earlier != settings:
+        keys = sorted(k for k in settings if earlier.get(k) != settings[k])
+        raise InputError(
+            f"the {stem} tiles in this folder were cut with another {', '.join(keys)}; use another output folder",
+            path,
+        )
+    if earlier is None:
+        write_json(path, {**runs, stem: settings})
 
 
 def _write_geotiff_tile(src, win, target: Path, boundless: bool) -> None:

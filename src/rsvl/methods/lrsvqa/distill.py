@@ -40,7 +40,7 @@ from rsvl.utils.checkpoint import read_torch_file
 from rsvl.utils.distributed import Distributed
 from rsvl.utils.progress import progress_bar
 
-__all__ = ["distill_on_dataset"]
+__all__ = ["distill_on_dataset", "held_out_loss"]
 
 
 class _Sequences:
@@ -63,7 +63,11 @@ class _Sequences:
         return seq.inputs_embeds.detach(), AttentionQuery(seq.query_index, keys), getattr(seq, "position_ids", None)
 
 
-def _held_out_loss(rfm: RegionFocusModule, vqa: LargeImageVQA, items: list, sequences: _Sequences) -> float:
+def held_out_loss(
+    rfm: RegionFocusModule, vqa: LargeImageVQA, items: list[tuple[str, str]], sequences: _Sequences | None = None
+) -> float:
+    """Mean distillation loss (KL to the LLM's attention) of ``rfm`` over ``(image path, question)`` items."""
+    sequences = sequences or _Sequences(vqa)
     losses = []
     with torch.no_grad():
         for image, question in items:
@@ -146,19 +150,25 @@ def _distill(
         if state.get("teacher_layers") != cfg.teacher_layers:
             raise InputError(f"the run used teacher_layers {state.get('teacher_layers')}; use --no-resume", state_file)
         rfm = load_rfm(model, weights)
+        if rfm.trainable != cfg.trainable:
+            raise InputError(f"the run trained rfm.trainable={rfm.trainable}; use --no-resume", weights)
     else:
-        rfm = RegionFocusModule(model, cfg.teacher_layers).eval()
+        rfm = RegionFocusModule(model, cfg.teacher_layers, cfg.trainable).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(rfm.parameters(), lr=lr, weight_decay=0.0)
+    params = list(rfm.trainable_parameters().values())
+    for p in rfm.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if resume and opt_file.exists() and state["step"]:
         opt.load_state_dict(read_torch_file(opt_file, "optimizer state"))
     sequences = _Sequences(vqa)
     before = state.get("held_out_before")
     if before is None:
-        before = state["held_out_before"] = _held_out_loss(rfm, vqa, held, sequences)
+        before = state["held_out_before"] = held_out_loss(rfm, vqa, held, sequences)
     order = [train_items[rng.randrange(len(train_items))] for _ in range(steps * batch_size)]
-    params = list(rfm.parameters())
     with progress_bar(progress and dist.is_main, label="[bold]distil RFM[/]") as bar:
         task = bar.add_task("steps", total=steps, completed=min(state["step"], steps))
         for step in range(state["step"], steps):
@@ -184,10 +194,12 @@ def _distill(
                     torch.save(opt.state_dict(), tmp)
                 write_json(state_file, state)
             dist.barrier()
-    after = _held_out_loss(rfm, vqa, held, sequences)
+    after = held_out_loss(rfm, vqa, held, sequences)
     report = {
         "steps": state["step"],
         "teacher_layers": cfg.teacher_layers,
+        "trainable": cfg.trainable,
+        "trained_values": sum(p.numel() for p in params),
         "held_out_questions": len(held),
         "held_out_loss_before": before,
         "held_out_loss_after": after,

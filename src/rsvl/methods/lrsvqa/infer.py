@@ -158,6 +158,7 @@ def answer_dataset(
                     "vision_tokens": answer.n_tokens,
                     "full_resolution_tokens": answer.full_resolution_tokens,
                     "tiles_encoded": answer.tiles_encoded,
+                    "levels": answer.levels,  # the tiles looked at, level by level (native pixels)
                     "seconds": answer.to_dict()["seconds"],
                 }
                 append_record(fh, record)

@@ -80,6 +80,12 @@ class RFMScorer:
 def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]:
     """The parts that would be random; an InputError unless ``allow_random`` (``--tiny``)."""
     random = []
+    if config.model.zoo is not None:
+        if config.model.path is not None or config.model.gguf is not None or config.model.family != "llava":
+            raise InputError("model.zoo names the whole LLaVA: it takes no model.path or model.gguf (family llava)")
+        if config.selection.scorer == "rfm" and config.rfm.path is None:
+            random.append("the RFM starts from the LLM's layers, not distilled: pass --rfm-path")
+        return random
     if config.model.path is None and config.model.gguf is None:
         random.append("the whole VLM: pass --model-path (a LLaVA folder) or --gguf")
     elif config.model.path is None:
@@ -92,7 +98,8 @@ def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]
     if random and config.model.path is None and config.model.gguf is None and not allow_random:
         raise InputError(
             "no local weights for " + "; ".join(random) + ". There is nothing to download: point at local "
-            "model files, or pass --tiny to run a tiny random model (for testing only)"
+            "model files, use the zoo's CPU miniature (--model-path lrsvqa-rfm-mini), or pass --tiny to run a "
+            "tiny random model (for testing only)"
         )
     return random
 
@@ -120,6 +127,12 @@ def _build_bundle(config: LRSVQAConfig) -> Any:
             return qwen_vl_tiles.load_qwen_vl_tiles(model.path, tile or 448, model.device, model.dtype)
         logger.warning("LRS-VQA: no model path, using a tiny RANDOM Qwen2.5-VL (answers are meaningless)")
         return qwen_vl_tiles.tiny_qwen_vl_tiles(tile_size=tile or 56)
+    if config.model.zoo is not None:
+        from rsvl.zoo import get_model, load_mfrsvlm
+
+        if get_model(config.model.zoo).method != "mfrsvlm":
+            raise InputError(f"model.zoo {config.model.zoo!r} is not a zoo VLM (rsvl models list: method mfrsvlm)")
+        return load_mfrsvlm(config.model.zoo).bundle  # type: ignore[attr-defined]
     if config.model.path is not None:
         return llava.load_llava(config.model.path, config.model.device, config.model.dtype)
     if config.model.gguf is not None:

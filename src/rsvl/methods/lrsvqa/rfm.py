@@ -37,17 +37,22 @@ from rsvl.errors import InputError
 from rsvl.utils.atomic import atomic_path
 
 __all__ = [
+    "RFM_TRAINABLE",
     "AttentionQuery",
     "RegionFocusModule",
     "attention_rows",
     "distill_step",
     "distillation_loss",
     "load_rfm",
+    "read_rfm_file",
     "save_rfm",
     "teacher_attention",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: What RFM distillation trains: every weight of its layers, or their attention only.
+RFM_TRAINABLE = ("all", "attention")
 
 
 @dataclass(frozen=True)
@@ -153,10 +158,16 @@ class RegionFocusModule(nn.Module):
     Args:
         model: the VLM (or its language model); its layers are copied, never shared.
         teacher_layers: increasing LLM layer indices >= 1 (see the module docstring).
+        trainable: ``"all"`` (the authors) or ``"attention"``: only the layers' ``self_attn``
+            weights learn, the rest stay the LLM's own, so a saved RFM holds only the attention
+            weights and the rest is restored from the LLM (a few MB instead of whole layers).
     """
 
-    def __init__(self, model: nn.Module, teacher_layers: Sequence[int]) -> None:
+    def __init__(self, model: nn.Module, teacher_layers: Sequence[int], trainable: str = "all") -> None:
         super().__init__()
+        if trainable not in RFM_TRAINABLE:
+            raise InputError(f"RFM trainable must be one of {', '.join(RFM_TRAINABLE)}, got {trainable!r}")
+        self.trainable = trainable
         text = _text_model(model)
         layers = list(teacher_layers)
         n = len(text.layers)
@@ -172,6 +183,14 @@ class RegionFocusModule(nn.Module):
         self.rotary_emb = copy.deepcopy(text.rotary_emb)
         for i, layer in enumerate(self.layers):
             layer.self_attn.layer_idx = i
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters distillation updates (and :func:`save_rfm` writes), by name."""
+        return {
+            name: p
+            for name, p in self.named_parameters()
+            if self.trainable == "all" or (name.startswith("layers.") and ".self_attn." in name)
+        }
 
     def log_attention(
         self, inputs_embeds: torch.Tensor, query: AttentionQuery, rope_positions: torch.Tensor | None = None
@@ -238,19 +257,39 @@ def rfm_distillation_loss(
     return distillation_loss(student, [teacher[i] for i in rfm.teacher_layers], temperature)
 
 
-def save_rfm(rfm: RegionFocusModule, path: str | os.PathLike[str]) -> Path:
-    """Write the RFM's weights as safetensors with its layer plan in the metadata (atomically)."""
+def save_rfm(
+    rfm: RegionFocusModule,
+    path: str | os.PathLike[str],
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write the RFM's trained weights as safetensors with its layer plan in the metadata (atomically).
+
+    An RFM trained with ``trainable="attention"`` writes its attention weights only (the rest is
+    the LLM's and is copied from it again on loading). ``dtype`` (e.g. float16) casts the file;
+    ``metadata`` adds string entries (the zoo records its settings there).
+    """
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in rfm.state_dict().items()}
-    meta = {"format": "rsvl-rfm", "teacher_layers": json.dumps(rfm.teacher_layers)}
+    names = set(rfm.trainable_parameters())
+    state = {
+        k: v.detach().to(dtype or v.dtype).contiguous().cpu()
+        for k, v in rfm.state_dict().items()
+        if rfm.trainable == "all" or k in names
+    }
+    meta = {
+        **(metadata or {}),
+        "format": "rsvl-rfm",
+        "teacher_layers": json.dumps(rfm.teacher_layers),
+        "trainable": rfm.trainable,
+    }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
 
 
-def load_rfm(model: nn.Module, path: str | os.PathLike[str]) -> RegionFocusModule:
-    """An RFM for ``model`` with the weights at ``path`` (written by :func:`save_rfm`)."""
+def read_rfm_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of an RFM file written by :func:`save_rfm` (InputError otherwise)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -264,9 +303,28 @@ def load_rfm(model: nn.Module, path: str | os.PathLike[str]) -> RegionFocusModul
         raise InputError(f"not a safetensors RFM file: {exc}", path) from None
     if meta.get("format") != "rsvl-rfm":
         raise InputError("not an RFM weights file (no rsvl-rfm metadata)", path)
-    rfm = RegionFocusModule(model, json.loads(meta["teacher_layers"]))
+    return meta, state
+
+
+def load_rfm(model: nn.Module, path: str | os.PathLike[str]) -> RegionFocusModule:
+    """An RFM for ``model`` with the weights at ``path`` (written by :func:`save_rfm`).
+
+    A file of attention weights only (``trainable="attention"``) must hold exactly those: the other
+    weights are the ones just copied from ``model``'s LLM.
+    """
+    meta, state = read_rfm_file(path)
+    trainable = meta.get("trainable", "all")
+    if trainable not in RFM_TRAINABLE:
+        raise InputError(f"unknown RFM trainable {trainable!r} in the file's metadata", Path(path))
+    rfm = RegionFocusModule(model, json.loads(meta["teacher_layers"]), trainable)
+    expected = set(rfm.state_dict()) if trainable == "all" else set(rfm.trainable_parameters())
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise InputError(
+            f"the RFM weights do not fit this model: missing {missing[:3]}, unexpected {extra[:3]}", Path(path)
+        )
     try:
-        rfm.load_state_dict(state)
+        rfm.load_state_dict(state, strict=trainable == "all")
     except RuntimeError as exc:
-        raise InputError(f"the RFM weights do not fit this model: {str(exc).splitlines()[0]}", path) from None
+        raise InputError(f"the RFM weights do not fit this model: {str(exc).splitlines()[0]}", Path(path)) from None
     return rfm.eval()

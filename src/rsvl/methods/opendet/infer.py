@@ -116,32 +116,66 @@ def detect_files(
     tile: int = 512,
     overlap: int = 64,
     progress: bool = True,
+    resume: bool = True,
+    model_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, list[Path]]:
-    """Detect and name objects in image files; writes ``<stem>.geojson`` and ``detections.json``."""
+    """Detect and name objects in image files; writes ``<stem>.geojson`` and ``detections.json``.
+
+    Resumable like :func:`rsvl.methods.vlm4rsdet.infer.detect_files` (``predictions.jsonl``,
+    ``partial/``, ``run.json``; ``resume=False`` starts over); ``model_path`` is recorded in
+    ``run.json`` (default: the recipe's name).
+    """
+    from rsvl.io.detect_run import DetectRun, file_fingerprint
+    from rsvl.io.raster import RasterSource
     from rsvl.io.vector import write_detections
     from rsvl.utils.atomic import write_json
+    from rsvl.utils.progress import progress_bar
 
     files = image_files(paths)
     out = output_folder(out_dir)
     merge = MergeConfig(threshold=loaded.nms_threshold, class_agnostic=True)
+    model = file_fingerprint(model_path) if model_path is not None else {"name": loaded.recipe.name}
+    run = {
+        "method": "opendet",
+        "model": model,
+        "tile": tile,
+        "overlap": overlap,
+        "score_threshold": loaded.score_threshold,
+        "max_detections": loaded.max_detections,
+        "nms_threshold": loaded.nms_threshold,
+    }
     written: dict[str, list[Path]] = {"geojson": [], "json": []}
     records = []
-    for f in files:
-        dets, width, height, georef = predict_file(
-            f, lambda rgb: predict_image(loaded, rgb), tile, overlap, merge, progress=progress
-        )
-        logger.info("%s: %d detections", f, len(dets))
-        written["geojson"].append(write_detections(out / f"{f.stem}.geojson", dets, georef))
-        records.append(
-            {
-                "file": str(f),
-                "width": width,
-                "height": height,
-                "detections": [
-                    {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "name": name}
-                    for box, score, name in zip(dets.boxes, dets.scores, dets.names or (), strict=False)
-                ],
-            }
-        )
+    with DetectRun(out, run, resume) as state, progress_bar(progress, label="[bold]detect[/]") as bar:
+        task = bar.add_task("images", total=len(files))
+        for f in files:
+            geojson = out / f"{f.stem}.geojson"
+            earlier = state.finished(f)
+            if earlier is None:
+                dets, width, height, georef = predict_file(
+                    f, lambda rgb: predict_image(loaded, rgb), tile, overlap, merge, progress=progress,
+                    state=state.tile_state(f), bar=bar,
+                )  # fmt: skip
+                logger.info("%s: %d detections", f, len(dets))
+                write_detections(geojson, dets, georef)
+                state.add(f, dets, width, height)  # after its GeoJSON: a recorded image has all its files
+            else:
+                dets, width, height = earlier
+                if not geojson.exists():  # removed since the earlier run: write it again
+                    with RasterSource(f) as src:
+                        write_detections(geojson, dets, src.georef if src.is_georeferenced else None)
+            written["geojson"].append(geojson)
+            records.append(
+                {
+                    "file": str(f),
+                    "width": width,
+                    "height": height,
+                    "detections": [
+                        {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "name": name}
+                        for box, score, name in zip(dets.boxes, dets.scores, dets.names or (), strict=False)
+                    ],
+                }
+            )
+            bar.advance(task)
     written["json"].append(write_json(out / "detections.json", {"model": loaded.recipe.name, "images": records}))
     return written

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from rsvl.methods.vlm4rsdet.config import DetectorConfig
 from rsvl.methods.vlm4rsdet.detector import build_detector
 from rsvl.metrics.report import EvalReport
 from rsvl.utils.checkpoint import read_torch_file
+from rsvl.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +114,22 @@ def predict_image(detector: LoadedDetector, rgb: np.ndarray) -> Detections:
 
 
 def _predict_file(
-    detector: LoadedDetector, path: Path, tile: int, overlap: int, progress: bool
+    detector: LoadedDetector,
+    path: Path,
+    tile: int,
+    overlap: int,
+    progress: bool,
+    *,
+    state: Path | None = None,
+    bar: Any = None,
 ) -> tuple[Detections, int, int, GeoRef | None]:
-    """Detections of one image file, its size, and its georeferencing (None when it has none)."""
+    """Detections of one image file, its size, and its georeferencing (None when it has none).
+
+    ``state`` and ``bar``: see :func:`rsvl.io.sliced.sliced_predict`.
+    """
     merge = MergeConfig(threshold=detector.config.nms_thresh)
     dets, width, height, georef = predict_file(
-        path, lambda rgb: predict_image(detector, rgb), tile, overlap, merge, progress=progress
+        path, lambda rgb: predict_image(detector, rgb), tile, overlap, merge, progress=progress, state=state, bar=bar
     )
     return dets, width, height, georef
 
@@ -161,17 +173,20 @@ def evaluate_detector(
         cfg = DetectorConfig(box_type=detector_kind(model))  # type: ignore[arg-type]
         model = LoadedDetector(model.eval(), dataset.classes, cfg, "detector")
     preds = []
-    for sample in dataset.samples:
-        dets, width, height, _ = _predict_file(model, sample.image_path, tile, overlap, progress=False)
-        preds.append(
-            Sample(
-                sample.image,
-                image_id=sample.image_id,
-                width=width,
-                height=height,
-                instances=detections_to_instances(dets, dataset.classes),
+    with progress_bar(progress, label="[bold]evaluate[/]") as bar:
+        task = bar.add_task("validation images", total=len(dataset.samples))
+        for sample in dataset.samples:
+            dets, width, height, _ = _predict_file(model, sample.image_path, tile, overlap, False, bar=bar)
+            preds.append(
+                Sample(
+                    sample.image,
+                    image_id=sample.image_id,
+                    width=width,
+                    height=height,
+                    instances=detections_to_instances(dets, dataset.classes),
+                )
             )
-        )
+            bar.advance(task)
     return evaluate_detection(
         dataset.samples,
         preds,
@@ -191,6 +206,8 @@ def detect_files(
     overlap: int = 64,
     progress: bool = True,
     coco_gt: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    model_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Detect objects in image files and write COCO results, DOTA task files and GeoJSON.
 
@@ -202,9 +219,17 @@ def detect_files(
     (``id -> file``, sizes) and ``categories``; ``dota/Task1_<class>.txt`` (OBB) or
     ``dota/Task2_<class>.txt`` (HBB); ``<stem>.geojson`` per image (map coordinates and CRS when the
     image is georeferenced, pixels otherwise).
+
+    The run is resumable (:mod:`rsvl.io.detect_run`): each finished image goes to
+    ``predictions.jsonl``, the finished tiles of a large image to ``partial/``; run again after an
+    interruption, images and tiles already done are not predicted again (``resume=False`` starts
+    over). ``model_path``: the detector's file, recorded in ``run.json`` so that another model's
+    predictions are never mixed in (default: the detector's name).
     """
     from rsvl.datasets.coco import write_coco_results
     from rsvl.datasets.dota import write_dota_task1, write_dota_task2
+    from rsvl.io.detect_run import DetectRun, file_fingerprint
+    from rsvl.io.raster import RasterSource
     from rsvl.io.vector import write_detections
     from rsvl.utils.atomic import write_json
 
@@ -217,20 +242,39 @@ def detect_files(
         _check_dota_names(stems, detector.classes)
     ids = _coco_ids(files, coco_gt) if coco_gt is not None else list(range(1, len(files) + 1))
     out = output_folder(out_dir)
+    model = file_fingerprint(model_path) if model_path is not None else {"name": detector.name}
+    run = {"method": "vlm4rsdet", "model": model, "classes": detector.classes, "tile": tile, "overlap": overlap}
     written: dict[str, list[Path]] = {f: [] for f in formats}
     by_id: dict[int, list[Instance]] = {}
     by_stem: dict[str, list[Instance]] = {}
     images = []
-    for image_id, f in zip(ids, files, strict=True):
-        dets, width, height, georef = _predict_file(detector, f, tile, overlap, progress)
-        logger.info("%s: %d detections", f, len(dets))
-        instances = detections_to_instances(dets, detector.classes)
-        by_id[image_id] = instances
-        by_stem[f.stem] = instances
-        images.append({"id": image_id, "file_name": str(f), "width": width, "height": height})
-        if "geojson" in formats:
-            named = dets.with_class_names(detector.classes)
-            written["geojson"].append(write_detections(out / f"{f.stem}.geojson", named, georef))
+    with DetectRun(out, run, resume) as state, progress_bar(progress, label="[bold]detect[/]") as bar:
+        task = bar.add_task("images", total=len(files))
+        for image_id, f in zip(ids, files, strict=True):
+            geojson = out / f"{f.stem}.geojson"
+            earlier = state.finished(f)
+            if earlier is None:
+                dets, width, height, georef = _predict_file(
+                    detector, f, tile, overlap, progress, state=state.tile_state(f), bar=bar
+                )
+                logger.info("%s: %d detections", f, len(dets))
+            else:
+                dets, width, height = earlier
+                georef = None
+                if "geojson" in formats and not geojson.exists():  # an earlier run without geojson
+                    with RasterSource(f) as src:
+                        georef = src.georef if src.is_georeferenced else None
+            instances = detections_to_instances(dets, detector.classes)
+            by_id[image_id] = instances
+            by_stem[f.stem] = instances
+            images.append({"id": image_id, "file_name": str(f), "width": width, "height": height})
+            if "geojson" in formats:
+                if earlier is None or not geojson.exists():
+                    write_detections(geojson, dets.with_class_names(detector.classes), georef)
+                written["geojson"].append(geojson)
+            if earlier is None:  # after its GeoJSON: a recorded image has all its files
+                state.add(f, dets, width, height)
+            bar.advance(task)
     categories = [Category(i + 1, name) for i, name in enumerate(detector.classes)]
     if "coco" in formats:
         written["coco"].append(write_coco_results(out / "detections.coco.json", by_id, categories))

@@ -19,10 +19,10 @@ from PIL import Image
 
 from rsvl.attention.maps import CrossAttention
 from rsvl.errors import InputError
-from rsvl.methods.zeroov.config import OverviewConfig
+from rsvl.methods.zeroov.config import OverviewConfig, ZeroOVConfig
 from rsvl.methods.zeroov.providers import OVERVIEW_PROVIDERS, check_image
 
-__all__ = ["LlavaOverview", "build_llava_overview"]
+__all__ = ["LlavaOverview", "build_llava_overview", "zoo_grounding_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +91,19 @@ def build_llava_overview(cfg: OverviewConfig) -> LlavaOverview:
         logger.warning("overview llava: no model path, using the zoo's MF-RSVLM miniature LLaVA (a CPU demo)")
         bundle = load_mfrsvlm().bundle  # type: ignore[attr-defined]
     return LlavaOverview(bundle, cfg.layers, cfg.layer_weights, cfg.tiles)
+
+
+def zoo_grounding_config() -> ZeroOVConfig:
+    """The settings of ``configs/zeroov/cpu_zoo_llava.yaml``: grounding with no downloaded weights.
+
+    The zoo LLaVA's Overview and the real Lite0 Focus (the demo and the web app use them; the package
+    does not ship ``configs/``, a test keeps the two equal).
+    """
+    return ZeroOVConfig.model_validate(
+        {
+            "overview": {"provider": "llava", "layers": [16, 20, 24, 28], "layer_weights": [0.1, 0.2, 0.3, 0.4]},
+            "focus": {"provider": "lite0_affinity", "image_size": 512, "resolutions": [32, 64], "temperature": 0.1},
+            "fusion": {"mode": "weighted_sum"},
+            "evolve": {"top_k": 7, "tau": 0.3, "alpha": 0.4},
+        }
+    )

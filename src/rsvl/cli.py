@@ -992,7 +992,7 @@ def vqa(
     gguf: Annotated[Path | None, typer.Option(help="A GGUF language model under a LLaVA head (CPU miniature).")] = None,
     rfm_path: Annotated[Path | None, typer.Option(help="Distilled Region Focus Module weights.")] = None,
     mode: Annotated[str, typer.Option(help="pyramid (the method), no_prune or uniform (baselines).")] = "pyramid",
-    show_tiles: Annotated[bool, typer.Option(help="Draw the tiles looked at (<stem>.tiles.png).")] = True,
+    show_tiles: Annotated[bool, typer.Option(help="Draw the tiles looked at (<stem>.<question>.tiles.png).")] = True,
     tiny: Annotated[bool, typer.Option("--tiny", help="Allow a tiny random model where no weights are given.")] = False,
     device: Annotated[str | None, typer.Option(help="torch device.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Batch mode: a VQA dataset format (lrsvqa).")] = None,

@@ -32,9 +32,11 @@ def test_vqa_one_image_prints_answer_tokens_and_writes_tiles(lrs_root, tmp_path)
     )
     assert result.exit_code == 0, result.output
     assert "answer:" in result.output and "vision tokens into the LLM" in result.output
-    record = json.loads((out / f"{image_of(lrs_root).stem}.vqa.json").read_text())
+    (saved,) = out.glob(f"{image_of(lrs_root).stem}.what-is-the-color-of-*.vqa.json")
+    record = json.loads(saved.read_text())
     assert record["vision_tokens"] < record["full_resolution_tokens"]
-    assert (out / f"{image_of(lrs_root).stem}.tiles.png").exists()
+    assert saved.with_name(saved.name.replace(".vqa.json", ".tiles.png")).exists()
+    assert str(saved) in result.output.replace("\n", "")  # where the outputs are
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,8 @@ def test_cli_distils_and_the_weights_drive_rsvl_vqa(lrs_root, tmp_path):
         ],
     )
     assert answer.exit_code == 0, answer.output
-    record = json.loads((tmp_path / "v" / f"{image.stem}.vqa.json").read_text())
+    (saved,) = (tmp_path / "v").glob(f"{image.stem}.*.vqa.json")
+    record = json.loads(saved.read_text())
     assert record["providers"]["scorer"] == "rfm"
     no_weights = runner.invoke(app, ["train", "lrsvqa-rfm", "--root", str(lrs_root), "-o", str(tmp_path / "n")])
     assert no_weights.exit_code == 2

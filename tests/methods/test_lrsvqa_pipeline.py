@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,12 +106,26 @@ def test_qwen2_5_vl_family_answers_and_its_rfm_reads_the_multimodal_positions(lr
 def test_answer_file_writes_json_and_the_tiles_picture(bundle, lrs_root, tmp_path):
     vqa = LargeImageVQA(LRSVQAConfig(), bundle=bundle)
     record = answer_file(vqa, first_image(lrs_root), "Where is the roundabout?", tmp_path, progress=False)
-    saved = json.loads((tmp_path / f"{first_image(lrs_root).stem}.vqa.json").read_text())
+    saved = json.loads(Path(record["outputs"]["json"]).read_text())
+    assert Path(record["outputs"]["json"]).name.startswith(f"{first_image(lrs_root).stem}.where-is-the-roundabout-")
     assert saved["answer"] == record["answer"] and saved["providers"]["real_weights"] is False
     picture = np.asarray(Image.open(record["outputs"]["tiles"]))
     assert picture.shape == (1024, 1024, 3)
     x0, y0, _, _ = saved["levels"][-1]["tiles"][0]  # the last level's tiles are outlined in red
     assert tuple(picture[y0 + 1, x0 + 1]) == (255, 40, 40)
+    other = answer_file(vqa, first_image(lrs_root), "How many ships are there?", tmp_path, progress=False)
+    assert other["outputs"]["json"] != record["outputs"]["json"]  # a second question keeps the first's files
+    assert Path(record["outputs"]["json"]).is_file() and Path(record["outputs"]["tiles"]).is_file()
+
+
+def test_question_slugs_are_readable_safe_and_distinct():
+    from rsvl.methods.lrsvqa.infer import question_slug
+
+    slug = question_slug("What is the color of the ship?")
+    assert slug.startswith("what-is-the-color-of-") and len(slug) == len("what-is-the-color-of-") + 6
+    assert question_slug("What is the color of the car?") != slug
+    assert question_slug("../../etc/passwd").startswith("etc-passwd-")
+    assert question_slug("???") and "/" not in question_slug("a/b")
 
 
 def test_benchmark_answers_resume_and_score(bundle, lrs_root, tmp_path):

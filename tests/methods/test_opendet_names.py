@@ -181,7 +181,8 @@ def test_map_names_shapes_truncation_and_open_scores():
     idx, sims = map_names_to_categories(["plane", long_name, long_name[:75]], cats, enc, top_k=15)
     assert idx.shape == sims.shape == (3, 3)  # k clipped to the vocabulary
     assert ((sims >= 0) & (sims <= 1)).all() and (sims[:, :-1] >= sims[:, 1:]).all()
-    assert torch.equal(idx[1], idx[2]) and torch.equal(sims[1], sims[2])  # cut at 75 characters
+    assert torch.equal(idx[1], idx[2])  # cut at 75 characters: the same text (float noise aside)
+    torch.testing.assert_close(sims[1], sims[2], rtol=1e-5, atol=1e-6)
     assert idx[0, 0] == 1 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)  # exact name -> itself
     raw = (enc.encode_names(["plane"]) @ cats.T).clamp(0, 1)
     torch.testing.assert_close(sims[0], raw[0].sort(descending=True).values)

@@ -1,8 +1,10 @@
 """Answering files and benchmarks: ``rsvl vqa IMAGE "question"`` and ``rsvl vqa --dataset lrsvqa``.
 
-One image: the answer and what was looked at go to ``<stem>.vqa.json``; with ``show_tiles`` a
-picture ``<stem>.tiles.png`` draws, over a decimated view of the whole image, the tiles encoded at
-each pyramid level (the last level in red, coarser ones orange, yellow, green, cyan, blue going up).
+One image: the answer and what was looked at go to ``<stem>.<question>.vqa.json``; with
+``show_tiles`` a picture ``<stem>.<question>.tiles.png`` draws, over a decimated view of the whole
+image, the tiles encoded at each pyramid level (the last level in red, coarser ones orange, yellow,
+green, cyan, blue going up). ``<question>`` (:func:`question_slug`) keeps the answers to several
+questions about one image side by side; asking the same question again replaces its files.
 
 A benchmark: questions are answered in dataset order and appended to ``predictions.jsonl`` in the
 authors' answer layout (``question_id``, ``prompt``, ``category``, ``text`` = the answer,
@@ -12,7 +14,9 @@ makes an interrupted run resume only with the same settings; ``eval.json`` holds
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from rsvl.utils.atomic import write_json
 from rsvl.utils.progress import progress_bar
 from rsvl.utils.resume import RUN_FILE, append_record, check_run, read_done
 
-__all__ = ["answer_dataset", "answer_file", "tiles_picture"]
+__all__ = ["answer_dataset", "answer_file", "question_slug", "tiles_picture"]
 
 LEVEL_COLOURS = [(255, 40, 40), (255, 160, 0), (255, 230, 0), (120, 220, 60), (0, 200, 255), (60, 90, 255)]
 
@@ -48,6 +52,17 @@ def tiles_picture(source: RasterSource, answer: VQAAnswer, max_side: int = 1024)
     return picture
 
 
+def question_slug(question: str, words: int = 5) -> str:
+    """A file-name part for ``question``: its first words and a short hash of the whole of it.
+
+    ``"What is the color of the ship?"`` -> ``"what-is-the-color-of-1f0c2a"``: readable, safe on
+    every file system, and distinct for distinct questions.
+    """
+    head = "-".join(re.findall(r"[a-z0-9]+", question.lower())[:words])
+    digest = hashlib.sha1(question.strip().encode("utf-8")).hexdigest()[:6]
+    return f"{head}-{digest}" if head else digest
+
+
 def answer_file(
     vqa: LargeImageVQA,
     path: str | os.PathLike[str],
@@ -58,7 +73,7 @@ def answer_file(
     show_tiles: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Answer one question about the image at ``path``; write ``<stem>.vqa.json`` (and the tiles picture)."""
+    """Answer one question about the image at ``path``; write ``<stem>.<question>.vqa.json`` (and the tiles picture)."""
     out = Path(out_dir)
     with RasterSource(path) as src:
         dip = vqa.open(src)
@@ -68,7 +83,7 @@ def answer_file(
             answer = vqa.answer(dip, question, mode, on_level=lambda _visit: bar.advance(task))
             bar.update(task, completed=total)
         out.mkdir(parents=True, exist_ok=True)
-        stem = Path(path).stem
+        stem = f"{Path(path).stem}.{question_slug(question)}"
         record = {"image": str(path), **answer.to_dict(), "providers": vqa.describe()}
         outputs: dict[str, str] = {}
         if show_tiles and answer.levels:

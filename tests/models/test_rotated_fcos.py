@@ -286,13 +286,27 @@ def test_postprocess_rotated_nms_removes_duplicates_per_class():
 # --------------------------------------------------------------------------- overfit sanity
 
 
-def test_overfits_one_image_with_two_rotated_boxes():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_overfits_one_image_with_two_rotated_boxes(threads):
+    # the float reductions differ with the thread count: the fit must not hang on one of them
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _overfit_two_rotated_boxes()
+    finally:
+        torch.set_num_threads(before)
+
+
+STEPS = 100
+
+
+def _overfit_two_rotated_boxes() -> None:
     model = _model().train()
     image = _paint(TWO_BOXES)
     targets = [_targets(TWO_BOXES, [0, 2])]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = last = None
-    for _ in range(60):
+    for _ in range(STEPS):
         losses = model([image], targets)
         total = sum(losses.values())
         first = float(total.detach()) if first is None else first

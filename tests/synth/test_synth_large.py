@@ -124,3 +124,25 @@ def test_8192_image_streams_to_geotiff_with_bounded_memory(tmp_path):
         got = np.moveaxis(src.read(window=Window(4096, 4096, 512, 512)), 0, 2)
         assert np.array_equal(got, sc.render(4096, 4096, 512, 512))
     assert math.isclose(len(sc.districts), 64)
+
+
+def test_a_scene_holding_every_plantable_class_still_gets_a_singleton(monkeypatch):
+    import rsvl.synth.large as large
+    from rsvl.synth.objects import CLASSES
+    from rsvl.synth.palette import Ground
+    from rsvl.synth.rng import rng_for
+
+    scene = plan_large_scene(5, 0, CONFIG)
+    counted = {cls for cls, _ in large._FEATURE_COUNTS.values()}
+    counts = Counter(o.category for o in scene.objects)
+    several = sorted(c for c, n in counts.items() if n >= 2 and c not in counted and len(CLASSES[c].colors) > 1)
+    assert len(several) >= 2
+    # every plantable class is present, none of them once: the case of 8,192 px scenes
+    monkeypatch.setattr(large, "_PLANTABLE", {c: ("patch", Ground.PAVEMENT) for c in several})
+    monkeypatch.setattr(large, "_SINGLETONS", tuple(several))
+    large._plant_singleton(scene, rng_for(1, "singleton"))
+    after = Counter(o.category for o in scene.objects)
+    rarest = min(several, key=lambda c: (counts[c], c))
+    assert after[rarest] == 1  # cleared, then planted once
+    assert all(after[c] == counts[c] for c in counts if c != rarest)  # nothing else touched
+    assert any(f.kind == "patch" for f in scene.features)

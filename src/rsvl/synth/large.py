@@ -10,7 +10,8 @@ in memory; a block rendered twice is identical, so blocks are seamless.
 
 LRS-VQA-style questions (:func:`lrs_questions`) ask about something a small part of the image
 answers: the colour or position of the only object of its class (a ship on a pond, a helicopter
-on a helipad, planted when the image has none), the number of vehicles in a small parking lot,
+on a helipad, planted when the image has none; when it has every plantable class, the rarest one
+is cleared first), the number of vehicles in a small parking lot,
 the number of storage tanks in a tank farm. ``QA.attrs["evidence_bbox"]`` is the ``xyxy`` region
 that holds the answer.
 """
@@ -239,13 +240,25 @@ _SINGLETONS = ("ship", "helicopter", "plane", "swimming-pool", "basketball-court
 
 
 def _plant_singleton(scene: LargeScene, rng: np.random.Generator) -> None:
-    """Make sure a class that comes in several colours occurs exactly once: plant one of an absent class."""
+    """Make sure a class that comes in several colours occurs exactly once: plant one of an absent class.
+
+    A large scene may hold every plantable class already (8,192 px and more). Then the rarest one
+    that no count question is about is cleared from the scene first (its objects only: the ground
+    they stood on stays), so that colour and position questions exist at every image size.
+    """
     counts = Counter(o.category for o in scene.objects)
     if any(counts[c] == 1 and len(CLASSES[c].colors) > 1 for c in _SINGLETONS):
         return
     options = [c for c in _PLANTABLE if counts[c] == 0]
     if not options:
-        return
+        counted = {cls for cls, _ in _FEATURE_COUNTS.values()}
+        clearable = [c for c in _PLANTABLE if c not in counted and len(CLASSES[c].colors) > 1]
+        if not clearable:
+            return
+        rarest = min(clearable, key=lambda c: (counts[c], c))
+        scene.objects[:] = [o for o in scene.objects if o.category != rarest]
+        scene._buckets = None
+        options = [rarest]
     cls = options[int(rng.integers(len(options)))]
     name, ground = _PLANTABLE[cls]
     spec = CLASSES[cls]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -158,8 +159,17 @@ class Distributed:
         return self.rank == 0
 
     def close(self) -> None:
-        """Leave the process group if this object joined it."""
+        """Leave the process group if this object joined it.
+
+        On a normal exit the processes first meet at a barrier, so that none tears the group down
+        while another still has collectives in flight with it (gloo then aborts the process:
+        "terminate called without an active exception", and torchrun reports a failed run). While
+        an exception propagates there is no barrier: the other processes may never arrive, and
+        the launcher stops them.
+        """
         if self._owns_group and torch.distributed.is_initialized():
+            if sys.exc_info()[0] is None:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
             self._owns_group = False
 

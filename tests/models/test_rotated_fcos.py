@@ -286,21 +286,27 @@ def test_postprocess_rotated_nms_removes_duplicates_per_class():
 # --------------------------------------------------------------------------- overfit sanity
 
 
+STEPS = 100
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_overfits_one_image_with_two_rotated_boxes(threads):
     # the float reductions differ with the thread count: the fit must not hang on one of them
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _overfit_two_rotated_boxes()
+        first, last, det = _overfit_two_rotated_boxes()
     finally:
         torch.set_num_threads(before)
+    assert last < 0.5 * first, (first, last)
+    # the top detections find both boxes with their classes
+    ious = rotated_iou(det["boxes"][:5].double(), TWO_BOXES.double())
+    for g, label in enumerate((0, 2)):
+        assert ((ious[:, g] > 0.5) & (det["labels"][:5] == label)).any(), ious
 
 
-STEPS = 100
-
-
-def _overfit_two_rotated_boxes() -> None:
+def _overfit_two_rotated_boxes() -> tuple[float, float, dict[str, torch.Tensor]]:
+    """Train on one image for ``STEPS`` steps: the first and last loss, and the detections after."""
     model = _model().train()
     image = _paint(TWO_BOXES)
     targets = [_targets(TWO_BOXES, [0, 2])]
@@ -314,11 +320,8 @@ def _overfit_two_rotated_boxes() -> None:
         opt.zero_grad()
         total.backward()
         opt.step()
-    assert last < 0.5 * first, (first, last)
     model.eval()
     with torch.no_grad():
         det = model([image])[0]
-    # the top detections find both boxes with their classes
-    ious = rotated_iou(det["boxes"][:5].double(), TWO_BOXES.double())
-    for g, label in enumerate((0, 2)):
-        assert ((ious[:, g] > 0.5) & (det["labels"][:5] == label)).any(), ious
+    assert first is not None and last is not None
+    return first, last, det

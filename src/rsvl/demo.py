@@ -327,12 +327,9 @@ GROUNDING_EXPRESSIONS = ("the bare sandy ground", "the largest tree crown")
 def _grounding(out: Path, report: DemoReport, summary: dict, model: object) -> None:
     """RSVG-ZeroOV on the OSBS GeoTIFF: the zoo LLaVA's attention + Lite0 affinities -> mask, box, GeoJSON."""
     from rsvl.methods.zeroov.infer import ground_file
-    from rsvl.methods.zeroov.overview_llava import LlavaOverview, zoo_grounding_config
-    from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
+    from rsvl.methods.zeroov.overview_llava import zoo_grounder
 
-    cfg = zoo_grounding_config()
-    overview = LlavaOverview(model.bundle, cfg.overview.layers, cfg.overview.layer_weights, cfg.overview.tiles)  # type: ignore[attr-defined]
-    grounder = ZeroOVGrounder(cfg, overview=overview)
+    grounder = zoo_grounder(model.bundle)  # type: ignore[attr-defined]
     html = report.html
     html.heading("Referring grounding: RSVG-ZeroOV, training-free")
     html.paragraph(

@@ -157,16 +157,12 @@ def mfrsvlm_tasks(name: str = "mfrsvlm-synth-mini") -> list[Task]:
     def ground(image: Path, text: str | None, out_dir: Path) -> TaskResult:
         from rsvl.errors import InputError
         from rsvl.methods.zeroov.infer import ground_file
-        from rsvl.methods.zeroov.overview_llava import LlavaOverview, zoo_grounding_config
-        from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
+        from rsvl.methods.zeroov.overview_llava import zoo_grounder
 
         if not text or not text.strip():
             raise InputError("give a referring expression, e.g. 'the largest tree crown'")
         if "grounder" not in state:
-            cfg = zoo_grounding_config()
-            ov = cfg.overview
-            overview = LlavaOverview(loaded().bundle, ov.layers, ov.layer_weights, ov.tiles)
-            state["grounder"] = ZeroOVGrounder(cfg, overview=overview)
+            state["grounder"] = zoo_grounder(loaded().bundle)
         record = ground_file(state["grounder"], image, text.strip(), out_dir)
         box = ", ".join(f"{v:.0f}" for v in record["box_xyxy"])
         row = {"expression": text.strip(), "box xyxy": box, "score": round(float(record["score"]), 3)}

@@ -21,11 +21,13 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NamedTuple
 
 from rsvl.io.detections import Detections
+from rsvl.io.raster import RasterSource
 from rsvl.utils.resume import RUN_FILE, append_record, check_run, read_done
 
 __all__ = ["PARTIAL", "PREDICTIONS", "DetectRun", "DoneImage", "file_fingerprint"]
@@ -99,6 +101,25 @@ class DetectRun:
         if record is None:
             return None
         return DoneImage(Detections.from_record(record["detections"]), record["width"], record["height"])
+
+    def image(
+        self, path: Path, predict: Callable[[Path], tuple[Detections, int, int, Any]], georef: bool
+    ) -> tuple[tuple[Detections, int, int, Any], bool]:
+        """``path``'s detections, size and georeferencing, and whether they are new.
+
+        An image an earlier run finished is read back from ``predictions.jsonl`` (its
+        georeferencing from the file's header, only when ``georef`` asks for it: a GeoJSON to
+        write again); any other is predicted by ``predict(tile_state)``, which resumes inside the
+        image. Record a new one with :meth:`add` once its output files are written.
+        """
+        earlier = self.finished(path)
+        if earlier is None:
+            return predict(self.tile_state(path)), True
+        ref = None
+        if georef:
+            with RasterSource(path) as src:
+                ref = src.georef if src.is_georeferenced else None
+        return (earlier.detections, earlier.width, earlier.height, ref), False
 
     def tile_state(self, path: Path) -> Path:
         """Where the finished tiles of ``path`` are kept while the image is in progress."""

@@ -188,7 +188,7 @@ def lrsvqa_config(name: str = "lrsvqa-rfm-mini") -> object:
     if entry.method != "lrsvqa":
         raise InputError(f"zoo model {name!r} is a {entry.method} model, not an LRS-VQA one")
     path = weights_path(name)
-    meta, _ = read_rfm_file(path)
+    meta, _ = read_rfm_file(path, tensors=False)  # the settings; LargeImageVQA loads the weights
     if "zoo_config" not in meta:
         raise InputError("the zoo file carries no LRS-VQA settings (zoo_config); rebuild it", path)
     config = LRSVQAConfig.model_validate(json.loads(meta["zoo_config"]))

@@ -288,8 +288,11 @@ def save_rfm(
     return Path(path)
 
 
-def read_rfm_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The metadata and tensors of an RFM file written by :func:`save_rfm` (InputError otherwise)."""
+def read_rfm_file(path: str | os.PathLike[str], tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of an RFM file written by :func:`save_rfm` (InputError otherwise).
+
+    ``tensors=False`` reads the metadata only (the tensors dict is then empty).
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -298,7 +301,8 @@ def read_rfm_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[st
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            keys = fh.keys() if tensors else []
+            state = {k: fh.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"not a safetensors RFM file: {exc}", path) from None
     if meta.get("format") != "rsvl-rfm":

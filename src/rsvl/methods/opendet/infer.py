@@ -126,7 +126,6 @@ def detect_files(
     ``run.json`` (default: the recipe's name).
     """
     from rsvl.io.detect_run import DetectRun, file_fingerprint
-    from rsvl.io.raster import RasterSource
     from rsvl.io.vector import write_detections
     from rsvl.utils.atomic import write_json
     from rsvl.utils.progress import progress_bar
@@ -150,20 +149,19 @@ def detect_files(
         task = bar.add_task("images", total=len(files))
         for f in files:
             geojson = out / f"{f.stem}.geojson"
-            earlier = state.finished(f)
-            if earlier is None:
-                dets, width, height, georef = predict_file(
+            missing = not geojson.exists()  # e.g. removed since an earlier run: written again
+            (dets, width, height, georef), new = state.image(
+                f, lambda tiles, f=f: predict_file(
                     f, lambda rgb: predict_image(loaded, rgb), tile, overlap, merge, progress=progress,
-                    state=state.tile_state(f), bar=bar,
-                )  # fmt: skip
-                logger.info("%s: %d detections", f, len(dets))
+                    state=tiles, bar=bar,
+                ),
+                georef=missing,
+            )  # fmt: skip
+            if new or missing:
                 write_detections(geojson, dets, georef)
+            if new:
+                logger.info("%s: %d detections", f, len(dets))
                 state.add(f, dets, width, height)  # after its GeoJSON: a recorded image has all its files
-            else:
-                dets, width, height = earlier
-                if not geojson.exists():  # removed since the earlier run: write it again
-                    with RasterSource(f) as src:
-                        write_detections(geojson, dets, src.georef if src.is_georeferenced else None)
             written["geojson"].append(geojson)
             records.append(
                 {

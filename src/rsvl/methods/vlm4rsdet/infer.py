@@ -229,7 +229,6 @@ def detect_files(
     from rsvl.datasets.coco import write_coco_results
     from rsvl.datasets.dota import write_dota_task1, write_dota_task2
     from rsvl.io.detect_run import DetectRun, file_fingerprint
-    from rsvl.io.raster import RasterSource
     from rsvl.io.vector import write_detections
     from rsvl.utils.atomic import write_json
 
@@ -252,27 +251,22 @@ def detect_files(
         task = bar.add_task("images", total=len(files))
         for image_id, f in zip(ids, files, strict=True):
             geojson = out / f"{f.stem}.geojson"
-            earlier = state.finished(f)
-            if earlier is None:
-                dets, width, height, georef = _predict_file(
-                    detector, f, tile, overlap, progress, state=state.tile_state(f), bar=bar
-                )
+            missing = "geojson" in formats and not geojson.exists()  # e.g. an earlier run without geojson
+            (dets, width, height, georef), new = state.image(
+                f, lambda tiles, f=f: _predict_file(detector, f, tile, overlap, progress, state=tiles, bar=bar),
+                georef=missing,
+            )  # fmt: skip
+            if new:
                 logger.info("%s: %d detections", f, len(dets))
-            else:
-                dets, width, height = earlier
-                georef = None
-                if "geojson" in formats and not geojson.exists():  # an earlier run without geojson
-                    with RasterSource(f) as src:
-                        georef = src.georef if src.is_georeferenced else None
             instances = detections_to_instances(dets, detector.classes)
             by_id[image_id] = instances
             by_stem[f.stem] = instances
             images.append({"id": image_id, "file_name": str(f), "width": width, "height": height})
             if "geojson" in formats:
-                if earlier is None or not geojson.exists():
+                if new or missing:
                     write_detections(geojson, dets.with_class_names(detector.classes), georef)
                 written["geojson"].append(geojson)
-            if earlier is None:  # after its GeoJSON: a recorded image has all its files
+            if new:  # after its GeoJSON: a recorded image has all its files
                 state.add(f, dets, width, height)
             bar.advance(task)
     categories = [Category(i + 1, name) for i, name in enumerate(detector.classes)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,7 +23,10 @@ from rsvl.errors import InputError
 from rsvl.methods.zeroov.config import OverviewConfig, ZeroOVConfig
 from rsvl.methods.zeroov.providers import OVERVIEW_PROVIDERS, check_image
 
-__all__ = ["LlavaOverview", "build_llava_overview", "zoo_grounding_config"]
+if TYPE_CHECKING:
+    from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
+
+__all__ = ["LlavaOverview", "build_llava_overview", "zoo_grounder", "zoo_grounding_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +111,13 @@ def zoo_grounding_config() -> ZeroOVConfig:
             "evolve": {"top_k": 7, "tau": 0.3, "alpha": 0.4},
         }
     )
+
+
+def zoo_grounder(bundle: object) -> ZeroOVGrounder:
+    """A :class:`~rsvl.methods.zeroov.pipeline.ZeroOVGrounder` with :func:`zoo_grounding_config` on
+    an already loaded LLaVA ``bundle`` (the zoo MF-RSVLM's: the demo and the app share one model)."""
+    from rsvl.methods.zeroov.pipeline import ZeroOVGrounder
+
+    cfg = zoo_grounding_config()
+    overview = LlavaOverview(bundle, cfg.overview.layers, cfg.overview.layer_weights, cfg.overview.tiles)
+    return ZeroOVGrounder(cfg, overview=overview)

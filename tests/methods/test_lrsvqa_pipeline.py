@@ -14,7 +14,7 @@ from PIL import Image
 from rsvl.errors import InputError
 from rsvl.methods.lrsvqa.config import LRSVQAConfig
 from rsvl.methods.lrsvqa.infer import answer_dataset, answer_file
-from rsvl.methods.lrsvqa.pipeline import LargeImageVQA, LLMAttentionScorer, RFMScorer, check_weights
+from rsvl.methods.lrsvqa.pipeline import LargeImageVQA, LLMAttentionScorer, RelativeScorer, RFMScorer, check_weights
 from rsvl.methods.lrsvqa.rfm import AttentionQuery, RegionFocusModule, teacher_attention
 from rsvl.models.llava import tiny_llava
 
@@ -80,6 +80,22 @@ def test_scorers_read_the_llms_attention(bundle):
     assert torch.allclose(rfm, rfm_expectation(bundle, g, tokens, "Where is the ship?", None), atol=1e-6)
     with pytest.raises(InputError, match="layer 9"):
         LLMAttentionScorer(bundle, layer=9)
+
+
+def test_relative_calibration_divides_by_the_generic_prompts_attention(bundle, lrs_root):
+    g = torch.randn(16, bundle.hidden_size, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randn(30, bundle.hidden_size, generator=torch.Generator().manual_seed(1))
+    llm = LLMAttentionScorer(bundle, layer=2)
+    generic = "Describe the image."
+    relative = RelativeScorer(llm, generic).score(g, tokens, "Where is the ship?")
+    expected = llm.score(g, tokens, "Where is the ship?") / llm.score(g, tokens, generic)
+    assert torch.allclose(relative, expected) and not torch.allclose(relative, torch.ones(30))
+    # asking the generic prompt itself leaves nothing question-specific: every token scores 1
+    assert torch.allclose(RelativeScorer(llm, generic).score(g, tokens, generic), torch.ones(30))
+    cfg = LRSVQAConfig.model_validate({"selection": {"calibration": "relative", "generic_prompt": generic}})
+    vqa = LargeImageVQA(cfg, bundle=bundle)
+    assert isinstance(vqa.scorer, RelativeScorer) and vqa.describe()["scorer"] == "llm_attention/relative"
+    assert vqa.answer(first_image(lrs_root), "What is the color of the swimming pool?").levels[-1]["level"] == 0
 
 
 def test_qwen2_5_vl_family_answers_and_its_rfm_reads_the_multimodal_positions(lrs_root):

@@ -157,6 +157,41 @@ def test_search_walks_down_to_the_planted_object(big_image):
         assert max(enc.calls) <= 9 and sel.tiles_encoded == sum(enc.calls)
 
 
+class RecencyBiasedRednessScorer:
+    """Attention with a causal LLM's habit: tokens later in the sequence (nearer the text) get far more,
+    whatever is asked; the question adds a factor for red tokens. A generic prompt adds nothing."""
+
+    generic = "Write a general description of the image."
+
+    def score(self, global_tokens, tokens, question, positions=None):
+        recency = torch.exp(torch.arange(tokens.shape[0], dtype=torch.float32) / 8.0)
+        redness = (tokens[:, 0] - 0.5 * (tokens[:, 1] + tokens[:, 2])).clamp_min(0.0)
+        asked = 1.0 + 4.0 * redness if question != self.generic else torch.ones_like(redness)
+        return recency * asked
+
+
+def test_relative_calibration_cancels_a_question_free_bias(big_image):
+    from rsvl.methods.lrsvqa.pipeline import RelativeScorer
+
+    cfg = SelectionConfig(pruning_ratio=0.25, next_level_max_select=2)
+    x, y = RED_XY
+
+    def holds_square(tile):
+        box = tile.native
+        return box.col_off <= x < box.col_off + box.width and box.row_off <= y < box.row_off + box.height
+
+    biased = RecencyBiasedRednessScorer()
+    with DynamicPyramid(big_image, TILE, 2, max_block_num=9) as dip:
+        raw = coarse_to_fine(dip, "what colour is the square?", MeanColourEncoder(), biased, cfg)
+        relative = RelativeScorer(biased, biased.generic)
+        calibrated = coarse_to_fine(dip, "what colour is the square?", MeanColourEncoder(), relative, cfg)
+    # the raw ranking follows the bias to the last tiles and loses the square; the calibrated one finds it
+    assert not any(holds_square(t) for t in raw.visits[-1].tiles)
+    assert all(any(holds_square(t) for t in v.chosen) for v in calibrated.visits[:-1])
+    assert any(holds_square(t) for t in calibrated.visits[-1].tiles)
+    assert RednessScorer().score(None, calibrated.tokens, "").max() > 0.25
+
+
 def test_no_pruning_keeps_every_token_of_the_chosen_tiles_and_depth_stops_early(big_image):
     cfg = SelectionConfig(pruning_ratio=0.25, next_level_max_select=2)
     with DynamicPyramid(big_image, TILE, 2) as dip:

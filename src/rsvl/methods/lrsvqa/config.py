@@ -66,6 +66,12 @@ class SelectionConfig(StrictModel):
         scorer: ``llm_attention`` (the LLM's own text-to-image attention at ``layer``, training-free)
             or ``rfm`` (the distilled Region Focus Module, ``rfm.path``).
         layer: the LLM layer whose attention ranks the tokens (``llm_attention``).
+        calibration: ``none`` ranks by the scorer's attention as it is (the authors);
+            ``relative`` divides it, token by token, by the attention the same scorer gives the same
+            tokens for ``generic_prompt`` (Zhang et al., ICLR 2025, "MLLMs know where to look"). What
+            every prompt attends to (the tokens nearest the text, attention sinks) cancels out, and
+            what this question adds stands out. Costs one more scoring pass per level.
+        generic_prompt: the question-free prompt of ``relative`` calibration (the paper's).
     """
 
     pruning_ratio: float = Field(default=0.25, gt=0.0, le=1.0)
@@ -73,6 +79,8 @@ class SelectionConfig(StrictModel):
     max_depth: int | None = Field(default=None, ge=0)
     scorer: Literal["llm_attention", "rfm"] = "llm_attention"
     layer: int = Field(default=2, ge=0)
+    calibration: Literal["none", "relative"] = "none"
+    generic_prompt: str = Field(default="Write a general description of the image.", min_length=1)
 
 
 class RFMConfig(StrictModel):

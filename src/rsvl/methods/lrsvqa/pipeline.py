@@ -34,7 +34,15 @@ from rsvl.methods.lrsvqa.selection import LevelVisit, Selection, coarse_to_fine,
 from rsvl.models.folders import torch_dtype
 from rsvl.utils.device import check_device
 
-__all__ = ["LLMAttentionScorer", "LargeImageVQA", "RFMScorer", "VQAAnswer", "build_bundle", "check_weights"]
+__all__ = [
+    "LLMAttentionScorer",
+    "LargeImageVQA",
+    "RFMScorer",
+    "RelativeScorer",
+    "VQAAnswer",
+    "build_bundle",
+    "check_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +83,27 @@ class RFMScorer:
         keys = slice(seq.image_slice.start + global_tokens.shape[0], seq.image_slice.stop)
         rope = getattr(seq, "position_ids", None)  # grid-position models (Qwen-VL); None: 0..T-1
         return self.rfm.relevance(seq.inputs_embeds, AttentionQuery(seq.query_index, keys), rope)
+
+
+class RelativeScorer:
+    """Relevance relative to a question-free prompt: ``score(question) / score(generic_prompt)``.
+
+    Raw text-to-image attention mixes what the question asks for with what the model attends to
+    whatever is asked: in a causal LLM, the vision tokens nearest the text (the last tiles in reading
+    order) and a few sink tokens. Dividing by the attention under a generic prompt, token by token,
+    cancels the second part (Zhang et al., ICLR 2025, "MLLMs know where to look", relative attention).
+    """
+
+    def __init__(self, inner: Any, generic_prompt: str, eps: float = 1e-8) -> None:
+        self.inner, self.generic_prompt, self.eps = inner, generic_prompt, eps
+        self.name = f"{getattr(inner, 'name', type(inner).__name__)}/relative"
+
+    def score(
+        self, global_tokens: torch.Tensor, tokens: torch.Tensor, question: str, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        asked = self.inner.score(global_tokens, tokens, question, positions).float()
+        generic = self.inner.score(global_tokens, tokens, self.generic_prompt, positions).float()
+        return asked / generic.clamp_min(self.eps)
 
 
 def check_weights(config: LRSVQAConfig, allow_random: bool = False) -> list[str]:
@@ -203,6 +232,8 @@ class LargeImageVQA:
             self.scorer: Any = RFMScorer(self.bundle, rfm)
         else:
             self.scorer = LLMAttentionScorer(self.bundle, sel.layer)
+        if sel.calibration == "relative":
+            self.scorer = RelativeScorer(self.scorer, sel.generic_prompt)
         self.tile_size = int(self.bundle.tile_size)
         if self.config.pyramid.tile_size not in (None, self.tile_size):
             raise InputError(

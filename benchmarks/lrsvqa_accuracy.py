@@ -70,13 +70,13 @@ def build_examples(bundle: Any, root: Path, rng: random.Random) -> list[dict[str
     return examples
 
 
-def evidence_cells(native: Any, box: Any) -> list[tuple[int, int]]:
-    """``(row, col)`` of the native tiles under an ``xyxy`` evidence box (at most MAX_TILES, reading order)."""
+def evidence_cells(native: Any, box: Any, limit: int | None = MAX_TILES) -> list[tuple[int, int]]:
+    """``(row, col)`` of the native tiles under an ``xyxy`` evidence box (the first ``limit``, reading order)."""
     x0, y0, x1, y1 = (float(v) for v in box)
     size = native.tile_size
     cols = range(int(x0) // size, min(native.cols, int(x1) // size + 1))
     rows = range(int(y0) // size, min(native.rows, int(y1) // size + 1))
-    return [(r, c) for r in rows for c in cols][:MAX_TILES]
+    return [(r, c) for r in rows for c in cols][:limit]
 
 
 def overlaps(a: Any, b: Any) -> bool:
@@ -104,7 +104,7 @@ def evidence_reach(answers: Path, test_root: Path, tile_size: int) -> dict[str, 
                 continue
             box = qa.attrs["evidence_bbox"]
             reached.append(any(overlaps(t, box) for t in row["levels"][-1]["tiles"]))
-            n, hit, k = len(native), len(evidence_cells(native, box)), len(row["levels"][-1]["tiles"])
+            n, hit, k = len(native), len(evidence_cells(native, box, None)), len(row["levels"][-1]["tiles"])
             chance.append(1.0 - math.comb(n - hit, k) / math.comb(n, k) if k <= n else 1.0)
     return {"reached": float(np.mean(reached)), "random": float(np.mean(chance)), "n": len(reached)}
 

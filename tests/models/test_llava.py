@@ -184,6 +184,29 @@ def test_text_to_image_attention_equals_the_full_forward(bundle: LlavaBundle, ti
         bundle.text_to_image_attention(seq, 4)
 
 
+def test_several_layers_come_from_one_forward(bundle: LlavaBundle, tiles: np.ndarray) -> None:
+    seq = bundle.build_sequence(_flat(bundle.encode_tiles(tiles[:2])), QUESTION)
+    layers = bundle.model.model.language_model.layers
+    calls = {i: 0 for i in range(len(layers))}
+    handles = [
+        layer.register_forward_pre_hook(lambda *_args, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        rows = bundle.text_to_image_attentions(seq, [2, 0, -2, 2])
+    finally:
+        for handle in handles:
+            handle.remove()
+    # in the order asked (negative from the end, repeats kept), each equal to its own single-layer read
+    for row, layer in zip(rows, [2, 0, 2, 2], strict=True):
+        torch.testing.assert_close(row, bundle.text_to_image_attention(seq, layer))
+    assert calls == {0: 1, 1: 1, 2: 1, 3: 0}  # layers entered: one pass, stopped inside the deepest asked for
+    with pytest.raises(InputError, match="layer 5, -9"):
+        bundle.text_to_image_attentions(seq, [1, 5, -9])
+    with pytest.raises(InputError, match="no decoder layer"):
+        bundle.text_to_image_attentions(seq, [])
+
+
 def test_generate_is_greedy_and_deterministic(bundle: LlavaBundle, tiles: np.ndarray) -> None:
     seq = bundle.build_sequence(_flat(bundle.encode_tiles(tiles[:1])), QUESTION)
     answer = bundle.generate(seq, max_new_tokens=6)

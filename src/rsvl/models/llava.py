@@ -243,7 +243,14 @@ class LlavaBundle(TileBundle):
         ``layer`` has run; the weights are those ``model(..., output_attentions=True)`` returns.
         ``query_index`` defaults to ``seq.query_index``; ``layer`` may be negative (from the end).
         """
-        return self._attention_row(seq, layer, query_index, {})
+        return self._attention_rows(seq, [layer], query_index, {})[0]
+
+    @torch.no_grad()
+    def text_to_image_attentions(
+        self, seq: VQASequence, layers: Sequence[int], query_index: int | None = None
+    ) -> list[torch.Tensor]:
+        """:meth:`text_to_image_attention` at each of ``layers``, from one forward stopped after the deepest."""
+        return self._attention_rows(seq, layers, query_index, {})
 
     @torch.no_grad()
     def generate(self, seq: VQASequence, max_new_tokens: int = 16) -> str:

@@ -320,7 +320,7 @@ class QwenVLTileBundle(TileBundle):
         ``model(..., output_attentions=True)`` returns. ``query_index`` defaults to
         ``seq.query_index``; ``layer`` may be negative (from the end).
         """
-        return self._attention_row(seq, layer, query_index, {"position_ids": self._positions(seq)})
+        return self._attention_rows(seq, [layer], query_index, {"position_ids": self._positions(seq)})[0]
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id

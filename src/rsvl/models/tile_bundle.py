@@ -159,36 +159,44 @@ class TileBundle:
 
     # ------------------------------------------------------------------ attention
 
-    def _attention_row(
-        self, seq: VQASequence, layer: int, query_index: int | None, forward_kwargs: dict[str, Any]
-    ) -> torch.Tensor:
-        """``(N,)`` head-mean attention of the query over ``seq.image_slice`` at decoder ``layer``.
+    def _attention_rows(
+        self, seq: VQASequence, layers: Sequence[int], query_index: int | None, forward_kwargs: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """``(N,)`` head-mean attention of the query over ``seq.image_slice`` at each decoder layer of ``layers``.
 
         One eager forward of the language model (``forward_kwargs`` beside ``inputs_embeds``),
-        stopped by a hook once ``layer`` has run; ``layer`` may be negative (from the end).
+        stopped by a hook once the deepest of ``layers`` has run; a layer may be negative (from the end).
         """
         n_layers = self.num_layers
-        if not -n_layers <= layer < n_layers:
-            raise InputError(f"layer {layer} out of range for a {n_layers}-layer language model")
-        layer = layer % n_layers
+        if not layers:
+            raise InputError("no decoder layer to read the attention of")
+        bad = [str(layer) for layer in layers if not -n_layers <= layer < n_layers]
+        if bad:
+            raise InputError(f"layer {', '.join(bad)} out of range for a {n_layers}-layer language model")
+        wanted = [layer % n_layers for layer in layers]
+        deepest = max(wanted)
         query = seq.query_index if query_index is None else int(query_index)
         length = int(seq.inputs_embeds.shape[1])
         if not 0 <= query < length:
             raise InputError(f"query_index {query} outside the sequence of {length} tokens")
         lm = self.model.model.language_model
-        captured: list[torch.Tensor] = []
+        captured: dict[int, torch.Tensor] = {}
 
-        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise RuntimeError(
-                    f"layer {layer} returned no attention weights; the model must use eager attention "
-                    f"(it uses {self.model.config.text_config._attn_implementation!r})"
-                )
-            captured.append(weights[0, :, query, seq.image_slice].float().mean(0))
-            raise _StopForward
+        def hook_for(layer: int) -> Any:
+            def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is None:
+                    raise RuntimeError(
+                        f"layer {layer} returned no attention weights; the model must use eager attention "
+                        f"(it uses {self.model.config.text_config._attn_implementation!r})"
+                    )
+                captured[layer] = weights[0, :, query, seq.image_slice].float().mean(0)
+                if layer == deepest:
+                    raise _StopForward
 
-        handle = lm.layers[layer].self_attn.register_forward_hook(hook)
+            return hook
+
+        handles = [lm.layers[layer].self_attn.register_forward_hook(hook_for(layer)) for layer in set(wanted)]
         try:
             lm(
                 inputs_embeds=seq.inputs_embeds.to(device=self.device, dtype=self.dtype),
@@ -198,7 +206,8 @@ class TileBundle:
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"layer {layer} did not run")
-        return captured[0]
+            for handle in handles:
+                handle.remove()
+        if deepest not in captured:
+            raise RuntimeError(f"layer {deepest} did not run")
+        return [captured[layer] for layer in wanted]

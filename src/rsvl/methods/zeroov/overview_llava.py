@@ -75,8 +75,8 @@ class LlavaOverview:
         prompt = PROMPT.format(expression=expression.strip())
         seq = bundle.build_sequence(tokens.reshape(-1, tokens.shape[-1]), prompt)  # type: ignore[attr-defined]
         total = np.zeros(k * k * g * g, dtype=np.float64)
-        for layer, weight in zip(self.layers, self.weights, strict=True):
-            row = bundle.text_to_image_attention(seq, layer)  # type: ignore[attr-defined]
+        rows = bundle.text_to_image_attentions(seq, self.layers)  # type: ignore[attr-defined]  # one forward
+        for row, weight in zip(rows, self.weights, strict=True):
             total += weight * row.float().cpu().numpy()
         grid = total.reshape(k, k, g, g).transpose(0, 2, 1, 3).reshape(k * g, k * g)
         return CrossAttention(np.clip(grid, 0.0, None), source=self.source, real_weights=self.real_weights)

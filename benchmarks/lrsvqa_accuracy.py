@@ -79,11 +79,6 @@ def evidence_cells(native: Any, box: Any, limit: int | None = MAX_TILES) -> list
     return [(r, c) for r in rows for c in cols][:limit]
 
 
-def overlaps(a: Any, b: Any) -> bool:
-    """Two ``xyxy`` boxes share area."""
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def evidence_reach(answers: Path, test_root: Path, tile_size: int) -> dict[str, float]:
     """Share of questions whose search ended on a tile over the evidence, and a random choice's share.
 
@@ -91,6 +86,7 @@ def evidence_reach(answers: Path, test_root: Path, tile_size: int) -> dict[str, 
     grid include one over the evidence."""
     from rsvl.datasets import get_format
     from rsvl.methods.lrsvqa.dip import DynamicPyramid
+    from rsvl.methods.lrsvqa.infer import evidence_reached
 
     lines = (answers / "predictions.jsonl").read_text().splitlines()
     rows = {str(r["question_id"]): r for r in map(json.loads, lines)}
@@ -103,7 +99,7 @@ def evidence_reach(answers: Path, test_root: Path, tile_size: int) -> dict[str, 
             if row is None or not row.get("levels"):
                 continue
             box = qa.attrs["evidence_bbox"]
-            reached.append(any(overlaps(t, box) for t in row["levels"][-1]["tiles"]))
+            reached.append(evidence_reached(row["levels"], box))
             n, hit, k = len(native), len(evidence_cells(native, box, None)), len(row["levels"][-1]["tiles"])
             chance.append(1.0 - math.comb(n - hit, k) / math.comb(n, k) if k <= n else 1.0)
     return {"reached": float(np.mean(reached)), "random": float(np.mean(chance)), "n": len(reached)}

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 from rsvl.cli import app
 from rsvl.errors import InputError
 from rsvl.methods.lrsvqa.config import LRSVQAConfig
+from rsvl.methods.lrsvqa.infer import evidence_reached
 from rsvl.methods.lrsvqa.pipeline import build_bundle, check_weights
 from rsvl.utils.config import load_config
 from rsvl.zoo import get_model, lrsvqa_config
-from rsvl.zoo.build import evidence_reached
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()

@@ -28,7 +28,7 @@ from rsvl.utils.atomic import atomic_path, write_text
 from rsvl.utils.checkpoint import read_torch_file
 from rsvl.zoo import _root, card_path, get_model
 
-__all__ = ["build_detector_entry", "build_lrsvqa_entry", "build_mfrsvlm_entry", "compact_detector", "evidence_reached"]
+__all__ = ["build_detector_entry", "build_lrsvqa_entry", "build_mfrsvlm_entry", "compact_detector"]
 
 
 def compact_detector(payload: dict[str, Any]) -> dict[str, Any]:
@@ -226,22 +226,10 @@ its captions and answers are unreliable. With real LLaVA weights, train with
 LRSVQA_TEST = {"root": "data/zoo_lrsvqa/test", "images": 12, "seed": 12, "size": 4096}
 
 
-def evidence_reached(levels: list[dict[str, Any]], evidence: list[float]) -> bool:
-    """Whether the finest level the pyramid visited encoded a tile that meets the evidence box.
-
-    ``levels`` is an answer's record (``tiles`` in native pixels ``xyxy``); the LLM can only read
-    the evidence at that level's resolution if one of its tiles covers part of it.
-    """
-    if not levels:
-        return False
-    x0, y0, x1, y1 = evidence
-    return any(a < x1 and c > x0 and b < y1 and d > y0 for a, b, c, d in levels[-1]["tiles"])
-
-
 def _lrsvqa_scores(config: Any, bundle: Any, test_root: Path, out: Path) -> dict[str, dict[str, Any]]:
     """Accuracy, vision tokens and evidence reached for the RFM, the LLM-attention scorer and uniform."""
     from rsvl.datasets import get_format
-    from rsvl.methods.lrsvqa.infer import answer_dataset
+    from rsvl.methods.lrsvqa.infer import answer_dataset, evidence_reached
     from rsvl.methods.lrsvqa.pipeline import LargeImageVQA
 
     evidence = {

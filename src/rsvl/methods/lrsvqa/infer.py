@@ -31,7 +31,7 @@ from rsvl.utils.atomic import write_json
 from rsvl.utils.progress import progress_bar
 from rsvl.utils.resume import RUN_FILE, append_record, check_run, read_done
 
-__all__ = ["answer_dataset", "answer_file", "question_slug", "tiles_picture"]
+__all__ = ["answer_dataset", "answer_file", "evidence_reached", "question_slug", "tiles_picture"]
 
 LEVEL_COLOURS = [(255, 40, 40), (255, 160, 0), (255, 230, 0), (120, 220, 60), (0, 200, 255), (60, 90, 255)]
 
@@ -61,6 +61,18 @@ def question_slug(question: str, words: int = 5) -> str:
     head = "-".join(re.findall(r"[a-z0-9]+", question.lower())[:words])
     digest = hashlib.sha1(question.strip().encode("utf-8")).hexdigest()[:6]
     return f"{head}-{digest}" if head else digest
+
+
+def evidence_reached(levels: list[dict[str, Any]], evidence: list[float]) -> bool:
+    """Whether the finest level the pyramid visited encoded a tile that meets the evidence box.
+
+    ``levels`` is an answer's record (``tiles`` in native pixels ``xyxy``); the LLM can only read
+    the evidence at that level's resolution if one of its tiles covers part of it.
+    """
+    if not levels:
+        return False
+    x0, y0, x1, y1 = evidence
+    return any(a < x1 and c > x0 and b < y1 and d > y0 for a, b, c, d in levels[-1]["tiles"])
 
 
 def answer_file(

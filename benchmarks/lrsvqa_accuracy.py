@@ -106,7 +106,10 @@ def evidence_reach(answers: Path, test_root: Path, tile_size: int) -> dict[str, 
 
 
 def oracle_answers(bundle: Any, test_root: Path, pool: int | None, max_new_tokens: int) -> dict[str, Any]:
-    """Answers from the global view plus every token of the native tiles over the evidence."""
+    """Answers from the global view plus every token of the native tiles over the evidence.
+
+    At most MAX_TILES tiles (the first in reading order): as many as the search keeps at its last
+    level (``next_level_max_select``), so no search could hand the model more."""
     from rsvl.datasets import get_format
     from rsvl.methods.lrsvqa.dip import DynamicPyramid
     from rsvl.metrics.vqa import evaluate_vqa
